@@ -1,0 +1,16 @@
+"""Facts of the data sets and the paper that several modules share."""
+
+# ATLAS R1.2: T1 volumes in MNI space, 1 mm isotropic, sliced along the last (axial) axis.
+ATLAS_SHAPE = (197, 233, 189)
+# Normalisation used by the paper for ATLAS ("standard" normalisation: (x - mean) / std).
+ATLAS_MEAN = 30.20063
+ATLAS_STD = 35.221165
+
+# The paper's small-lesion subset: an axial slice qualifies when it holds at least one lesion
+# and every 8-connected lesion in it has at most this many pixels.
+SMALL_LESION_MAX_PIXELS = 100
+
+# File name patterns of the ATLAS R1.2 release (after setup the extension becomes .npy).
+ATLAS_T1_SUFFIX = "_t1w_stx"
+ATLAS_T1_DEFACED_SUFFIX = "_t1w_deface_stx"
+ATLAS_MASK_SUFFIX = "_LesionSmooth_stx"
