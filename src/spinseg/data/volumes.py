@@ -1,0 +1,83 @@
+"""Reading prepared volumes (.npy) and their path lists, memory-mapped and validated."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import fail
+from ..fileio import read_lines
+
+NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
+
+
+def read_path_list(path: str | os.PathLike, must_exist: bool = True) -> list[str]:
+    """Reads a text file of paths (one per line). Missing/empty list or missing entry -> UserInputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise fail(path, "path list not found (run the setup script first?)")
+    entries = read_lines(path)
+    if not entries:
+        raise fail(path, "path list is empty")
+    if must_exist:
+        for line_number, entry in enumerate(entries, start=1):
+            if not Path(entry).is_file():
+                raise fail(path, f"line {line_number}: {entry} does not exist")
+    return entries
+
+
+def read_paired_lists(scans_path, ground_truths_path) -> tuple[list[str], list[str]]:
+    """Reads a scans list and its ground-truth list; their lengths must match line for line."""
+    scans = read_path_list(scans_path)
+    ground_truths = read_path_list(ground_truths_path)
+    if len(scans) != len(ground_truths):
+        raise fail(ground_truths_path, f"{len(ground_truths)} entries, but {scans_path} has {len(scans)}")
+    return scans, ground_truths
+
+
+def load_volume(path: str | os.PathLike, ndim: int | tuple[int, ...] = 3, mmap: bool = True) -> np.ndarray:
+    """Opens a prepared ``.npy`` volume, memory-mapped, and checks it.
+
+    Returns an array of shape (H, W, D) for ``ndim=3`` (read lazily: only the slices used are read).
+    A missing or unreadable file, a non-numeric dtype or the wrong number of dimensions raises a
+    one-line ``UserInputError`` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise fail(path, "file not found")
+    try:
+        volume = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise fail(path, f"not a readable .npy array ({str(error).splitlines()[0][:120]})") from None
+    allowed = (ndim,) if isinstance(ndim, int) else ndim
+    if volume.ndim not in allowed:
+        raise fail(path, f"expected a {' or '.join(map(str, allowed))}-D array, found shape {volume.shape}")
+    if volume.dtype.kind not in NUMERIC_KINDS:
+        raise fail(path, f"expected a numeric array, found dtype {volume.dtype}")
+    return volume
+
+
+def check_same_shape(scan: np.ndarray, scan_path, mask: np.ndarray, mask_path) -> None:
+    """Raises a one-line error when a ground truth's shape differs from its scan's."""
+    if scan.shape[: mask.ndim] != mask.shape:
+        raise fail(mask_path, f"ground truth shape {mask.shape} != scan shape {scan.shape} of {scan_path}")
+
+
+def stack_slices(volume: np.ndarray, index: int, n_chunk: int, pad_value: float) -> np.ndarray:
+    """Stacks ``n_chunk`` adjacent axial slices centred on ``index``: (H, W, D) -> (n_chunk, H, W).
+
+    Slices beyond the volume are filled with ``pad_value`` (the data set mean, as in the release).
+    Only the needed slices are read, so this is cheap on a memory-mapped volume.
+    """
+    half = n_chunk // 2
+    depth = volume.shape[-1]
+    low, high = max(index - half, 0), min(index + half + 1, depth)
+    chunk = np.full((n_chunk,) + volume.shape[:2], pad_value, dtype=np.float32)
+    chunk[low - (index - half) : high - (index - half)] = np.moveaxis(np.asarray(volume[..., low:high], dtype=np.float32), -1, 0)
+    return chunk
+
+
+def lesion_slice_indices(mask: np.ndarray) -> np.ndarray:
+    """Axial slice indices (last axis) whose ground truth holds any lesion voxel: (H, W, D) -> (K,)."""
+    return np.flatnonzero(np.asarray(mask).reshape(-1, mask.shape[-1]).any(axis=0))

@@ -1,0 +1,157 @@
+"""Evaluation behind ``python -m spinseg.evaluate``: Tables 2 and 3 and the lesion-level report."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import reporting
+from ..checkpoint import load_model
+from ..config import EvaluateConfig
+from ..data.transforms import Normalization
+from ..data.volumes import check_same_shape, load_volume, read_paired_lists
+from ..errors import UserInputError, fail
+from ..fileio import write_json, write_text
+from ..inference import predict_volume
+from ..metrics import pooled_release_metrics
+from ..visualize import save_overlay_montage, save_slice_panel
+from .runtime import select_device
+from .trainer import model_input_config, parse_model_config
+
+KNOWN_METRIC_GROUPS = ("release", "challenge", "size")
+
+
+def subject_id_from_path(path: str) -> str:
+    """``.../c0008s0011t01_t1w_stx.npy`` -> ``c0008s0011t01`` (the file's folder name for ATLAS)."""
+    path = Path(path)
+    return path.parent.name if path.parent.name and path.name.startswith(path.parent.name) else path.stem
+
+
+def save_prediction_nifti(probabilities_mask: np.ndarray, path: Path, reference: str) -> None:
+    """Writes a uint8 mask as NIfTI with the reference image's affine (MNI template when none)."""
+    import nibabel
+
+    from ..fileio import atomic_path
+
+    if reference:
+        affine = nibabel.load(reference).affine
+    else:
+        from nilearn.datasets import load_mni152_template
+
+        affine = load_mni152_template(resolution=1).affine
+    with atomic_path(path, suffix=".nii.gz") as temporary:
+        nibabel.save(nibabel.Nifti1Image(probabilities_mask.astype(np.uint8), affine), str(temporary))
+
+
+def evaluate(config: EvaluateConfig) -> dict:
+    """Evaluates a checkpoint on a list of volumes; prints and writes Table 2/3 rows and the report.
+
+    Returns {"table2": {...}, "table3": {...} | None, "records": [...], "output_path": str}.
+    """
+    unknown = sorted(set(config.metrics) - set(KNOWN_METRIC_GROUPS))
+    if unknown:
+        raise UserInputError(f"--metrics: unknown group(s) {', '.join(unknown)}; choose from {', '.join(KNOWN_METRIC_GROUPS)}")
+    if not config.restore_path:
+        raise UserInputError("--restore_path: give the checkpoint to evaluate")
+    device = select_device(config.device)
+    if config.n_thread > 0:
+        torch.set_num_threads(config.n_thread)
+    scan_paths, ground_truth_paths = read_paired_lists(config.multimodal_scan_paths, config.ground_truth_path)
+    small_lesion_slices = None
+    if config.small_lesion_slices_path:
+        small_lesion_slices = read_small_lesion_slices(config.small_lesion_slices_path, len(scan_paths))
+    model_config = model_input_config(config.model_name, config.n_chunk, 1, parse_model_config(config.model_config))
+    model = load_model(config.restore_path, config.model_name, **model_config).to(device)
+    normalization = Normalization(config.dataset_normalization, config.dataset_means, config.dataset_stddevs)
+    output = Path(config.output_path)
+    method = config.method_name or config.model_name.upper().replace("SPIN", "SPiN")
+
+    records, montages, small_gts, small_preds = [], {}, [], []
+    started = time.time()
+    from tqdm import tqdm
+
+    for index, (scan_path, ground_truth_path) in enumerate(tqdm(list(zip(scan_paths, ground_truth_paths)), desc="evaluate")):
+        scan, ground_truth = load_volume(scan_path), load_volume(ground_truth_path)
+        check_same_shape(scan, scan_path, ground_truth, ground_truth_path)
+        ground_truth = np.asarray(ground_truth) > 0
+        probabilities = predict_volume(
+            model, scan, config.n_chunk, normalization, config.batch_size, device, config.test_time_flip, config.amp
+        )
+        prediction = probabilities > 0.5
+        subject = subject_id_from_path(scan_path)
+        record = reporting.subject_record(subject, ground_truth, prediction, config.voxel_volume_ml)
+        records.append(record)
+        if small_lesion_slices is not None:
+            slices = small_lesion_slices[index]
+            small_gts.append(ground_truth[..., slices])
+            small_preds.append(prediction[..., slices])
+        if config.do_visualize_predictions:
+            scan_array = np.asarray(scan)
+            for slice_index in np.flatnonzero((ground_truth | prediction).reshape(-1, scan.shape[-1]).any(axis=0)):
+                save_slice_panel(
+                    scan_array[..., slice_index], ground_truth[..., slice_index], prediction[..., slice_index],
+                    output / "visualizations" / subject / f"{subject}_slice{slice_index:03d}.png",
+                    title=f"{subject} slice {slice_index}",
+                )
+        if config.save_prediction_nifti:
+            save_prediction_nifti(prediction, output / "predictions" / f"{subject}_lesion_mask.nii.gz", config.reference_nifti)
+        # Montages are drawn for every subject while its volume is at hand; the report links the worst five.
+        montages[subject] = save_overlay_montage(
+            np.asarray(scan), prediction, output / "montages" / f"{subject}.png", ground_truth, title=subject
+        )
+    seconds = time.time() - started
+
+    table2 = reporting.release_row_from_records(records)
+    if small_lesion_slices is not None:
+        table3 = pooled_release_metrics(small_gts, small_preds) if small_gts else None
+    else:
+        table3 = reporting.small_lesion_row_from_records(records)
+    worst = {record["subject_id"]: montages[record["subject_id"]] for record in reporting.worst_subjects(records)}
+    for subject, path in montages.items():
+        if subject not in worst:
+            Path(path).unlink(missing_ok=True)
+
+    lines = [f"{len(records)} subjects, {seconds:.1f} s ({seconds / max(len(records), 1):.1f} s per volume)", ""]
+    lines += ["Table 2 (per-subject 3-D metrics, mean over subjects):", reporting.format_table2_header(),
+              reporting.format_table2_row(method, table2), ""]
+    if table3 is not None:
+        lines += ["Table 3 (small-lesion slices, pooled):", reporting.format_table2_header(),
+                  reporting.format_table2_row(method, table3), ""]
+    else:
+        lines += ["Table 3: no small-lesion slices in these subjects", ""]
+    if "challenge" in config.metrics:
+        lines += ["Lesion-wise (ATLAS v2.0 / ISLES'22 conventions, mean ± std over subjects):",
+                  reporting.format_challenge_table(reporting.challenge_table(records)), ""]
+    if "size" in config.metrics:
+        lines += ["Detection by lesion size (3-D lesions, 26-connected, pooled):",
+                  reporting.format_size_table(reporting.size_table(records)), ""]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    write_text(output / "results.txt", text + "\n")
+    write_json(output / "per_subject.json", records)
+    report_path = reporting.write_report(
+        output, records, f"{method} evaluation", release_row=table2, small_lesion_row=table3,
+        montage_paths=worst, method_name=method,
+    )
+    print(f"wrote {output / 'results.txt'}, {report_path}, per-subject CSV/JSON and plots in {output}", flush=True)
+    return {"table2": table2, "table3": table3, "records": records, "output_path": str(output), "seconds": seconds}
+
+
+def read_small_lesion_slices(path: str, n_subjects: int) -> list[np.ndarray]:
+    """Reads a list file whose line k names subject k's slice-index file (.npy or .txt)."""
+    from ..data.volumes import read_path_list
+
+    entries = read_path_list(path)
+    if len(entries) != n_subjects:
+        raise fail(path, f"{len(entries)} entries, but the scan list has {n_subjects}")
+    slices = []
+    for entry in entries:
+        try:
+            values = np.load(entry) if entry.endswith(".npy") else np.loadtxt(entry, dtype=np.int64, ndmin=1)
+        except (OSError, ValueError) as error:
+            raise fail(entry, f"unreadable slice-index file ({error})") from None
+        slices.append(np.asarray(values, dtype=np.int64).reshape(-1))
+    return slices

@@ -1,0 +1,28 @@
+"""Command line: ``python -m spinseg.evaluate`` prints Table 2/3 rows and writes the report."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import EvaluateConfig, add_dataclass_arguments, config_from_namespace
+from .errors import cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags of the evaluation command."""
+    parser = argparse.ArgumentParser(prog="python -m spinseg.evaluate", description=__doc__)
+    add_dataclass_arguments(parser, EvaluateConfig)
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    """Parses flags and evaluates; bad input ends with one line and exit code 2."""
+    from .engine.evaluator import evaluate
+
+    evaluate(config_from_namespace(EvaluateConfig, build_parser().parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

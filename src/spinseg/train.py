@@ -1,0 +1,29 @@
+"""Command line: ``python -m spinseg.train`` (also under ``torchrun --nproc_per_node=N -m spinseg.train``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import TrainConfig, add_dataclass_arguments, config_from_namespace
+from .errors import cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags of the training command (the release's names, the paper's defaults)."""
+    parser = argparse.ArgumentParser(prog="python -m spinseg.train", description=__doc__)
+    add_dataclass_arguments(parser, TrainConfig)
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    """Parses flags and trains; bad input ends with one line and exit code 2."""
+    from .engine.trainer import train
+
+    config = config_from_namespace(TrainConfig, build_parser().parse_args(argv))
+    train(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
