@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from .config import EvaluateConfig, add_dataclass_arguments, config_from_namespace
+from .allocator import tune_glibc_malloc
 from .errors import cli_entry
 
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Parses flags and evaluates; bad input ends with one line and exit code 2."""
+    tune_glibc_malloc()
     from .engine.evaluator import evaluate
 
     evaluate(config_from_namespace(EvaluateConfig, build_parser().parse_args(argv)))

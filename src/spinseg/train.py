@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from .config import TrainConfig, add_dataclass_arguments, config_from_namespace
+from .allocator import tune_glibc_malloc
 from .errors import cli_entry
 
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Parses flags and trains; bad input ends with one line and exit code 2."""
+    tune_glibc_malloc()
     from .engine.trainer import train
 
     config = config_from_namespace(TrainConfig, build_parser().parse_args(argv))

@@ -118,11 +118,10 @@ class SliceTrainingDataset(Dataset):
             image = crop_or_pad(image, top, left, self.crop_shape, self.normalization.pad_value())
             target = crop_or_pad(target, top, left, self.crop_shape, 0.0)
 
-        image_tensor, target_tensor = torch.from_numpy(image), torch.from_numpy(target)
         augmented = rng.random() < self.augmentation_probability
         if augmented:
-            image_tensor, target_tensor = augment(image_tensor, target_tensor, rng, self.augmentation)
-        image_tensor = self.normalization(image_tensor)
+            image, target = augment(image, target, rng, self.augmentation)
+        image = self.normalization(image).astype(np.float32, copy=False)
         if augmented:
-            image_tensor = add_noise(image_tensor, rng, self.augmentation)
-        return image_tensor.float().contiguous(), (target_tensor > 0.5).float().contiguous()
+            image = add_noise(image, rng, self.augmentation)
+        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy((target > 0.5).astype(np.float32))

@@ -1,16 +1,15 @@
-"""Normalisation and the release's training augmentation, on torch tensors.
+"""Normalisation and the release's training augmentation, on numpy arrays (C, H, W).
 
 Augmentation works on raw intensities (background 0) so that rotation fills with background;
 normalisation and noise follow.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from scipy import ndimage
 
 
 @dataclass
@@ -55,50 +54,55 @@ class AugmentationConfig:
     resize_and_pad: tuple[float, float] = (1.0, 1.1)
 
 
-def rotate(tensor: torch.Tensor, degrees: float, mode: str) -> torch.Tensor:
-    """Rotates (C, H, W) about the centre by ``degrees`` in pixel space, filling with 0."""
-    _, height, width = tensor.shape
-    angle = math.radians(degrees)
-    cosine, sine = math.cos(angle), math.sin(angle)
-    # affine_grid works in normalised coordinates; the aspect ratio keeps the rotation rigid.
-    theta = torch.tensor(
-        [[cosine, -sine * height / width, 0.0], [sine * width / height, cosine, 0.0]], dtype=tensor.dtype
-    ).unsqueeze(0)
-    grid = F.affine_grid(theta, (1,) + tuple(tensor.shape), align_corners=False)
-    return F.grid_sample(tensor.unsqueeze(0), grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
+def rotate(array: np.ndarray, degrees: float, order: int) -> np.ndarray:
+    """Rotates (C, H, W) about the centre by ``degrees`` (order 0 = nearest), filling with 0."""
+    return ndimage.rotate(array, degrees, axes=(1, 2), reshape=False, order=order, mode="constant", cval=0.0)
 
 
-def resize_and_crop(tensor: torch.Tensor, scale: float, mode: str) -> torch.Tensor:
-    """Enlarges (C, H, W) by ``scale`` >= 1, then crops the centre back to (H, W)."""
-    _, height, width = tensor.shape
-    new_height, new_width = max(height, round(height * scale)), max(width, round(width * scale))
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
-    resized = F.interpolate(tensor.unsqueeze(0), size=(new_height, new_width), mode=mode, **kwargs)[0]
-    top, left = (new_height - height) // 2, (new_width - width) // 2
-    return resized[:, top : top + height, left : left + width]
+def resize_and_crop(array: np.ndarray, scale: float, order: int) -> np.ndarray:
+    """Rescales (C, H, W) by ``scale`` and brings it back to (H, W) about the centre.
+
+    ``scale`` > 1 enlarges then crops (SPiN's 1.0-1.1 "resize and pad"); ``scale`` < 1 shrinks
+    then pads with 0 (the U-Net recipe's 0.9-1.0 "crop and pad").
+    """
+    _, height, width = array.shape
+    resized = ndimage.zoom(array, (1, scale, scale), order=order, mode="nearest", grid_mode=True)
+    new_height, new_width = resized.shape[1:]
+    out = np.zeros_like(array)
+    # Offsets of the overlap in the resized (source) and original (target) frames.
+    source_top, target_top = max(0, (new_height - height) // 2), max(0, (height - new_height) // 2)
+    source_left, target_left = max(0, (new_width - width) // 2), max(0, (width - new_width) // 2)
+    rows, columns = min(height, new_height), min(width, new_width)
+    out[:, target_top : target_top + rows, target_left : target_left + columns] = resized[
+        :, source_top : source_top + rows, source_left : source_left + columns
+    ]
+    return out
 
 
 def augment(
-    image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator, config: AugmentationConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Applies flips, rotation and resize to raw ``image`` (C, H, W) and ``mask`` (1, H, W) alike."""
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, config: AugmentationConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Applies flips, rotation and resize to raw ``image`` (C, H, W) and ``mask`` (1, H, W) alike.
+
+    Runs in numpy/scipy (single-threaded C) rather than torch: for arrays this small, torch's
+    thread pool costs more than the work, badly so on a busy 2-core machine.
+    """
     if "horizontal" in config.flip_type and rng.random() < 0.5:
-        image, mask = image.flip(-1), mask.flip(-1)
+        image, mask = image[..., ::-1], mask[..., ::-1]
     if "vertical" in config.flip_type and rng.random() < 0.5:
-        image, mask = image.flip(-2), mask.flip(-2)
+        image, mask = image[..., ::-1, :], mask[..., ::-1, :]
     if config.rotate_degrees > 0 and rng.random() < 0.5:
         degrees = rng.uniform(-config.rotate_degrees, config.rotate_degrees)
-        image, mask = rotate(image, degrees, "nearest"), rotate(mask, degrees, "nearest")
+        image, mask = rotate(image, degrees, order=0), rotate(mask, degrees, order=0)
     low, high = config.resize_and_pad
     if high > low and rng.random() < 0.5:
         scale = rng.uniform(low, high)
-        image, mask = resize_and_crop(image, scale, "bilinear"), resize_and_crop(mask, scale, "nearest")
-    return image, mask
+        image, mask = resize_and_crop(image, scale, order=1), resize_and_crop(mask, scale, order=0)
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 
-def add_noise(image: torch.Tensor, rng: np.random.Generator, config: AugmentationConfig) -> torch.Tensor:
-    """Adds zero-mean Gaussian noise (std ``noise_spread``) to a normalised image."""
+def add_noise(image: np.ndarray, rng: np.random.Generator, config: AugmentationConfig) -> np.ndarray:
+    """Adds zero-mean Gaussian noise (std ``noise_spread``) to a normalised (C, H, W) image."""
     if config.noise_type != "gaussian" or config.noise_spread <= 0:
         return image
-    noise = rng.standard_normal(image.shape).astype(np.float32) * config.noise_spread
-    return image + torch.from_numpy(noise)
+    return image + rng.standard_normal(image.shape).astype(np.float32) * np.float32(config.noise_spread)
