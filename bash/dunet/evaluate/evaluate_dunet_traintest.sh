@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Evaluate dunet on the ATLAS R1.2 test subjects (traintest) with the shared evaluation code.
+set -euo pipefail
+export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
+
+python -m spinseg.evaluate \
+  --recipe dunet \
+  --multimodal_scan_paths testing/atlas/traintest/test_scans.txt \
+  --ground_truth_path testing/atlas/traintest/test_ground_truths.txt \
+  --restore_path trained_dunet/atlas/dunet_traintest/best.pth \
+  --output_path outputs/dunet/atlas_traintest \
+  --device auto \
+  "$@"

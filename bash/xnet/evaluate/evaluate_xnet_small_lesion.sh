@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Evaluate xnet on the ATLAS R1.2 test subjects (small_lesion) with the shared evaluation code.
+set -euo pipefail
+export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
+
+python -m spinseg.evaluate \
+  --recipe xnet \
+  --multimodal_scan_paths testing/atlas/traintest/small_lesion/test_scans.txt \
+  --ground_truth_path testing/atlas/traintest/small_lesion/test_ground_truths.txt \
+  --small_lesion_slices_path testing/atlas/traintest/small_lesion/test_small_lesion_slices.txt \
+  --restore_path trained_xnet/atlas/xnet_traintest/best.pth \
+  --output_path outputs/xnet/atlas_small_lesion \
+  --device auto \
+  "$@"
