@@ -86,13 +86,24 @@ def compare(
     n_workers: int = 1,
     model_overrides: dict | None = None,
     device: str = "auto",
+    max_test_subjects: int = 0,
 ) -> list[dict]:
-    """Trains each model for ``max_steps`` with its recipe and evaluates it on the test lists."""
+    """Trains each model for ``max_steps`` with its recipe and evaluates it on the test lists.
+
+    ``max_test_subjects`` > 0 evaluates on the first that many test subjects only (CPU budgets).
+    """
+    from .data.volumes import read_paired_lists
     from .engine.evaluator import evaluate
     from .engine.trainer import train
+    from .fileio import write_lines
     from .models import build_model
 
     output = Path(output_dir)
+    if max_test_subjects > 0:
+        scans, ground_truths = read_paired_lists(test_scans, test_ground_truths)
+        test_scans, test_ground_truths = str(output / "test_scans.txt"), str(output / "test_ground_truths.txt")
+        write_lines(test_scans, scans[:max_test_subjects])
+        write_lines(test_ground_truths, ground_truths[:max_test_subjects])
     rows, records_by_model = [], {}
     for name in models:
         model_recipe = recipe(name)
@@ -180,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--n_workers", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--max_test_subjects", type=int, default=0, help="evaluate on the first N test subjects (0 = all)")
     parser.add_argument("--model_overrides", default="", help="JSON {model: {config key: value}}")
     return parser
 
@@ -195,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserInputError(f"--model_overrides: not JSON ({error})") from None
     compare(args.models, args.train_scans, args.train_ground_truths, args.test_scans, args.test_ground_truths,
             args.output_dir, args.max_steps, args.crop_shape, args.n_batch, args.seed, args.n_workers, overrides,
-            args.device)
+            args.device, args.max_test_subjects)
     return 0
 
 

@@ -11,6 +11,7 @@ import torch
 from .. import reporting
 from ..checkpoint import load_model
 from ..config import EvaluateConfig
+from ..data.images_2d import is_rgb_image_file, load_image, load_mask, predict_image
 from ..data.transforms import Normalization
 from ..data.volumes import check_same_shape, load_volume, read_paired_lists
 from ..errors import UserInputError, fail
@@ -68,6 +69,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     normalization = Normalization(config.dataset_normalization, config.dataset_means, config.dataset_stddevs)
     output = Path(config.output_path)
     method = config.method_name or config.model_name.upper().replace("SPIN", "SPiN")
+    if is_rgb_image_file(scan_paths[0]):
+        return evaluate_images(config, model, normalization, device, scan_paths, ground_truth_paths, output, method)
 
     records, montages, small_gts, small_preds = [], {}, [], []
     started = time.time()
@@ -155,3 +158,39 @@ def read_small_lesion_slices(path: str, n_subjects: int) -> list[np.ndarray]:
             raise fail(entry, f"unreadable slice-index file ({error})") from None
         slices.append(np.asarray(values, dtype=np.int64).reshape(-1))
     return slices
+
+
+def evaluate_images(config: EvaluateConfig, model, normalization, device, image_paths, ground_truth_paths, output: Path, method: str) -> dict:
+    """2-D RGB data sets (GLaS, RITE): per-image DSC, IOU, precision, recall, averaged over images.
+
+    Predictions are made on the stored image and resized to the ground truth's size, so scoring
+    against the original-size masks works when setup resized the images.
+    """
+    from ..metrics import mean_over_subjects, release_metrics
+
+    records = []
+    started = time.time()
+    for image_path, ground_truth_path in zip(image_paths, ground_truth_paths):
+        image, ground_truth = load_image(image_path), np.asarray(load_mask(ground_truth_path)) > 0
+        probabilities = predict_image(model, np.asarray(image), normalization, device, output_shape=ground_truth.shape,
+                                      test_time_flip=config.test_time_flip, amp=config.amp)
+        prediction = probabilities > 0.5
+        name = Path(image_path).stem
+        records.append({"subject_id": name, **release_metrics(ground_truth, prediction)})
+        if config.do_visualize_predictions:
+            grey = np.asarray(image, dtype=np.float32).mean(axis=-1)
+            if grey.shape != ground_truth.shape:
+                from ..data.images_2d import resize_probabilities
+
+                grey = resize_probabilities(grey, ground_truth.shape)
+            save_slice_panel(grey, ground_truth, prediction, output / "visualizations" / f"{name}.png", title=name)
+    seconds = time.time() - started
+    table = mean_over_subjects(records, keys=("dice", "iou", "precision", "recall"))
+    text = "\n".join([
+        f"{len(records)} images, {seconds:.1f} s", "",
+        "Per-image metrics, mean over images:", reporting.format_table2_header(), reporting.format_table2_row(method, table), "",
+    ])
+    print(text, flush=True)
+    write_text(output / "results.txt", text + "\n")
+    write_json(output / "per_image.json", records)
+    return {"table2": table, "table3": None, "records": records, "output_path": str(output), "seconds": seconds}
