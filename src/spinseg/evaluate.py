@@ -7,11 +7,13 @@ import sys
 from .config import EvaluateConfig, add_dataclass_arguments, config_from_namespace
 from .allocator import tune_glibc_malloc
 from .errors import cli_entry
+from .recipes import evaluate_defaults, parse_with_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the evaluation command."""
     parser = argparse.ArgumentParser(prog="python -m spinseg.evaluate", description=__doc__)
+    parser.add_argument("--recipe", default="", help="start from this model's recipe (spinseg.recipes); explicit flags win")
     add_dataclass_arguments(parser, EvaluateConfig)
     return parser
 
@@ -22,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_glibc_malloc()
     from .engine.evaluator import evaluate
 
-    evaluate(config_from_namespace(EvaluateConfig, build_parser().parse_args(argv)))
+    evaluate(config_from_namespace(EvaluateConfig, parse_with_recipe(build_parser(), argv, evaluate_defaults)))
     return 0
 
 

@@ -7,11 +7,13 @@ import sys
 from .config import TrainConfig, add_dataclass_arguments, config_from_namespace
 from .allocator import tune_glibc_malloc
 from .errors import cli_entry
+from .recipes import train_defaults, parse_with_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the training command (the release's names, the paper's defaults)."""
     parser = argparse.ArgumentParser(prog="python -m spinseg.train", description=__doc__)
+    parser.add_argument("--recipe", default="", help="start from this model's recipe (spinseg.recipes); explicit flags win")
     add_dataclass_arguments(parser, TrainConfig)
     return parser
 
@@ -22,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_glibc_malloc()
     from .engine.trainer import train
 
-    config = config_from_namespace(TrainConfig, build_parser().parse_args(argv))
+    config = config_from_namespace(TrainConfig, parse_with_recipe(build_parser(), argv, train_defaults))
     train(config)
     return 0
 
