@@ -5,9 +5,11 @@ code to unpickle is refused, never executed. Our training checkpoints are writte
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -32,13 +34,37 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
-        raise fail(path, f"refused: the checkpoint holds objects that safe loading does not allow ({reason[:160]})") from None
+        raise fail(
+            path,
+            f"refused: it holds more than weights ({unsafe_load_reason(error)}); loading it could run code, "
+            "and spinseg only loads weights (torch.load weights_only=True)",
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         raise fail(path, f"not a readable PyTorch checkpoint ({type(error).__name__})") from None
     if not isinstance(checkpoint, dict):
         raise fail(path, f"expected a dict of state dicts, found {type(checkpoint).__name__}")
     return checkpoint
+
+
+def unsafe_load_reason(error: Exception) -> str:
+    """The useful part of torch's multi-paragraph weights-only refusal, e.g. "GLOBAL posix.system".
+
+    torch's message starts with generic advice (including re-running with ``weights_only=False``,
+    which we never do); the line naming the refused global is the one a user can act on.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch highlights part of it with ANSI codes
+    # torch words it differently by case ("Unsupported global: GLOBAL getattr ...", "Trying to load
+    # unsupported GLOBAL posix.system whose module posix is blocked"); the global's name is the constant.
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    if match:
+        return f"it would call {match.group(1)}"
+    lines = [line.strip() for line in text.splitlines() if "unsupported" in line.lower() or "WeightsUnpickler" in line]
+    return lines[0][:160] if lines else "objects other than tensors, dicts, lists and numbers"
+
+
+def is_state_dict(checkpoint: dict) -> bool:
+    """True for a bare ``model.state_dict()`` saved on its own (every value a tensor)."""
+    return bool(checkpoint) and all(isinstance(value, torch.Tensor) for value in checkpoint.values())
 
 
 def is_release_checkpoint(checkpoint: dict) -> bool:
@@ -82,6 +108,11 @@ def model_from_checkpoint(checkpoint: dict, path, name: str, **config) -> nn.Mod
             if key not in checkpoint:
                 raise fail(path, f"checkpoint of another model: no {key} for model {name!r} (has {', '.join(sorted(checkpoint))[:200]})")
             load_state_dict_checked(getattr(model, key[: -len("_state_dict")]), checkpoint[key], path, f"model {name!r} ({key})")
+        return model
+    if is_state_dict(checkpoint):
+        # A bare state dict has no name or config: build from ``config`` and let the key check speak.
+        model = build_model(name, **config)
+        load_state_dict_checked(model, checkpoint, path, f"model {name!r}")
         return model
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise fail(path, "unknown checkpoint format (neither spinseg's nor the original release's)")
@@ -128,8 +159,55 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> None:
         "model_state_dict": model.state_dict(),
         **extra,
     }
-    with atomic_path(path, suffix=".pth") as temporary:
-        torch.save(checkpoint, temporary)
+    write_atomically(path, lambda temporary: torch.save(checkpoint, temporary), suffix=".pth")
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """True for errors of writing a file (full disk, read-only folder, quota), not for bugs.
+
+    torch.save reports a failed write from its C++ zip writer as a RuntimeError.
+    """
+    if isinstance(error, OSError):
+        return True
+    message = str(error)
+    return isinstance(error, RuntimeError) and ("PytorchStreamWriter" in message or "file write failed" in message)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Makes a rename inside ``directory`` durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some file systems (and Windows) refuse fsync on a folder; the rename itself is still atomic
+    finally:
+        os.close(descriptor)
+
+
+def write_atomically(path: str | os.PathLike, write, suffix: str) -> None:
+    """Calls ``write(temporary)`` on a temporary file beside ``path``, then renames it onto ``path``.
+
+    ``fileio.atomic_path`` fsyncs the file and renames it, removing the temporary on failure; the
+    folder is fsynced afterwards so the new name survives a power cut. A failed write (e.g. a full
+    disk) leaves any previous ``path`` untouched and raises a one-line ``UserInputError`` naming the folder.
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path, suffix=suffix) as temporary:
+            write(temporary)
+    except Exception as error:
+        if not is_write_failure(error):
+            raise
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            reason = "no space left on device"
+        else:
+            reason = (getattr(error, "strerror", None) or str(error).strip().splitlines()[0] or type(error).__name__)[:160]
+        previous = " (the previous file is unchanged)" if path.exists() else ""
+        raise fail(path.parent, f"could not write {path.name}: {reason}{previous}") from None
+    fsync_directory(path.parent)
 
 
 def export_safetensors(checkpoint_path: str | os.PathLike, output_path: str | os.PathLike) -> Path:
@@ -146,8 +224,7 @@ def export_safetensors(checkpoint_path: str | os.PathLike, output_path: str | os
         "model_config": json.dumps(checkpoint["model_config"]),
     }
     output_path = Path(output_path)
-    with atomic_path(output_path, suffix=".safetensors") as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
+    write_atomically(output_path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata), ".safetensors")
     return output_path
 
 

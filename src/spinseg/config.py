@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -137,8 +138,9 @@ def validate_train_config(config: TrainConfig) -> None:
         problems.append(f"--n_batch must be >= 1 (got {config.n_batch})")
     if config.n_chunk < 1 or config.n_chunk % 2 == 0:
         problems.append(f"--n_chunk must be odd and >= 1 (got {config.n_chunk})")
-    if not config.learning_rates or any(rate <= 0 for rate in config.learning_rates):
-        problems.append(f"--learning_rates must be positive (got {config.learning_rates})")
+    # ``not rate > 0`` rather than ``rate <= 0``: NaN compares false both ways and must be refused too.
+    if not config.learning_rates or any(not (rate > 0 and math.isfinite(rate)) for rate in config.learning_rates):
+        problems.append(f"--learning_rates must be positive and finite (got {config.learning_rates})")
     if len(config.learning_rates) != len(config.learning_schedule):
         problems.append("--learning_rates and --learning_schedule need the same number of entries")
     if any(b <= a for a, b in zip(config.learning_schedule, config.learning_schedule[1:])) or any(
@@ -153,16 +155,29 @@ def validate_train_config(config: TrainConfig) -> None:
         problems.append("--positive_class_sample_rates and --positive_class_sample_schedule need the same number of entries")
     if config.crop_shape and (len(config.crop_shape) != 2 or min(config.crop_shape) < 8):
         problems.append(f"--crop_shape needs two sizes >= 8 (got {config.crop_shape})")
-    if config.w_positive_class <= 0:
+    if not (config.w_positive_class > 0 and math.isfinite(config.w_positive_class)):
         problems.append(f"--w_positive_class must be positive (got {config.w_positive_class})")
+    if not config.w_weight_decay >= 0:
+        problems.append(f"--w_weight_decay must be >= 0 (got {config.w_weight_decay})")
+    if not config.augmentation_noise_spread >= 0 or not config.augmentation_rotate >= 0:
+        problems.append("--augmentation_noise_spread and --augmentation_rotate must be >= 0")
+    resize = config.augmentation_resize_and_pad
+    if len(resize) != 2 or not 0 < resize[0] <= resize[1]:
+        problems.append(f"--augmentation_resize_and_pad needs two factors 0 < low <= high (got {resize})")
+    if config.val_batch_size < 1 or config.n_workers < 0 or config.n_thread < 0:
+        problems.append("--val_batch_size must be >= 1, --n_workers and --n_thread >= 0")
+    if config.max_steps == 0 or config.max_steps < -1:
+        problems.append(f"--max_steps must be >= 1, or -1 for the whole schedule (got {config.max_steps})")
     if config.loss_func_segmentation != "cross_entropy":
         problems.append(f"--loss_func_segmentation {config.loss_func_segmentation!r} is not supported (cross_entropy)")
     if min(config.n_summary, config.n_checkpoint) < 1 or config.n_validation < 0:
         problems.append("--n_summary and --n_checkpoint must be >= 1, --n_validation >= 0")
     if config.dataset_normalization not in ("standard", "none"):
         problems.append(f"--dataset_normalization must be standard or none (got {config.dataset_normalization!r})")
-    if any(s <= 0 for s in config.dataset_stddevs):
+    if not config.dataset_stddevs or any(not s > 0 for s in config.dataset_stddevs):
         problems.append("--dataset_stddevs must be positive")
+    if len(config.dataset_means) != len(config.dataset_stddevs):
+        problems.append("--dataset_means and --dataset_stddevs need the same number of entries")
     if bool(config.val_multimodal_scan_paths) != bool(config.val_ground_truth_path):
         problems.append("give both --val_multimodal_scan_paths and --val_ground_truth_path, or neither")
     if problems:

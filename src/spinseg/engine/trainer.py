@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shutil
+import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -14,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..checkpoint import read_checkpoint, save_checkpoint, model_from_checkpoint
+from ..checkpoint import load_state_dict_checked, model_from_checkpoint, read_checkpoint, save_checkpoint
 from ..config import TrainConfig, schedule_value, validate_train_config
 from ..data.slices import SliceTrainingDataset
 from ..data.transforms import AugmentationConfig, Normalization
@@ -27,6 +31,9 @@ from ..models import build_model
 from .runtime import DistributedContext, init_distributed, rng_state, seed_everything, select_device, set_rng_state
 
 CHECKPOINT_PATTERN = "model-{step:08d}.pth"
+CHECKPOINT_NAME = re.compile(r"model-(\d{8})\.pth")
+# Settings a resumed run must share with the run it continues, or its steps would mean something else.
+RESUME_INVARIANTS = ("model_name", "n_batch", "n_chunk", "seed", "learning_rates", "learning_schedule", "crop_shape")
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -68,22 +75,104 @@ def model_input_config(model_name: str, n_chunk: int, n_channels_per_slice: int,
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
-    """Training checkpoints in ``directory``, oldest step first."""
-    return sorted(directory.glob("model-*.pth"))
+    """Training checkpoints ``model-XXXXXXXX.pth`` in ``directory``, oldest step first.
+
+    Temporary files of an interrupted save (``.model-XXXXXXXX.pth.*``) never match.
+    """
+    if not directory.is_dir():
+        return []
+    return sorted(path for path in directory.iterdir() if CHECKPOINT_NAME.fullmatch(path.name))
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Deletes half-written checkpoints (``.model-*.pth.*``, ``.best.pth.*`` one folder up) and
+    write probes left by a run killed while saving."""
+    for folder, pattern in ((directory, ".model-*.pth.*"), (directory, ".write-probe-*"), (directory.parent, ".best.pth.*")):
+        for path in folder.glob(pattern) if folder.is_dir() else ():
+            path.unlink(missing_ok=True)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (kept apart from the progress bar's output)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def latest_complete_checkpoint(directory: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint in ``directory`` that loads, with its contents; None when there is none.
+
+    A newest file that is truncated or corrupt (e.g. copied or written by hand while a run was
+    killed) is skipped with a one-line warning, and the one before it is used.
+    """
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            checkpoint = read_checkpoint(path)
+        except UserInputError as error:
+            warn(f"skipping {error}")
+            continue
+        if "model_state_dict" not in checkpoint or "train_state" not in checkpoint:
+            warn(f"skipping {path}: not a complete training checkpoint")
+            continue
+        return path, checkpoint
+    return None
+
+
+def check_free_space(directory: Path, bytes_needed: int) -> None:
+    """Fails when ``directory`` has less than twice the room one checkpoint takes."""
+    free = shutil.disk_usage(directory).free
+    if free < 2 * bytes_needed:
+        raise fail(directory, f"only {free / 2**20:.1f} MiB free, a checkpoint needs about {bytes_needed / 2**20:.1f} MiB")
 
 
 def check_writable(directory: Path, bytes_needed: int) -> None:
-    """Fails before training when the checkpoint folder cannot hold another checkpoint."""
+    """Fails before training (before any checkpoint is touched) when the folder cannot take another.
+
+    Checked three ways, since each alone can be fooled: permissions (``os.access``: a folder the
+    user may not write), a probe file actually written (read-only mounts and quotas, which
+    ``os.access`` misses, as it does everything for root), and free space.
+    """
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write_test"
-        probe.write_bytes(b"0")
-        probe.unlink()
+    except OSError as error:
+        raise fail(directory, f"cannot create the checkpoint folder ({error.strerror or error})") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise fail(directory, "checkpoint folder is not writable (permission denied)")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
+        try:
+            os.write(handle, b"0")
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+            os.unlink(probe)
     except OSError as error:
         raise fail(directory, f"checkpoint folder is not writable ({error.strerror or error})") from None
-    free = shutil.disk_usage(directory).free
-    if free < 2 * bytes_needed:
-        raise fail(directory, f"only {free / 2**20:.0f} MiB free, a checkpoint needs about {bytes_needed / 2**20:.0f} MiB")
+    check_free_space(directory, bytes_needed)
+
+
+def check_volume_pairs(scan_paths: list[str], ground_truth_paths: list[str]) -> tuple[int, ...]:
+    """Opens every listed volume (memory-mapped: headers only) and checks dtype, ndim and pairing.
+
+    Done before anything is written, so a bad file stops the run at once with one line instead of
+    failing mid-epoch (inside a data-loader worker, whose error would arrive wrapped in a traceback).
+    Returns the first scan's shape.
+    """
+    first_shape = None
+    for scan_path, ground_truth_path in zip(scan_paths, ground_truth_paths):
+        scan, mask = load_volume(scan_path), load_volume(ground_truth_path)
+        check_same_shape(scan, scan_path, mask, ground_truth_path)
+        first_shape = first_shape or scan.shape
+    return first_shape
+
+
+def check_resume_config(path: Path, saved: dict, config: TrainConfig) -> None:
+    """Refuses to continue a run under settings that change what its steps mean."""
+    changed = [
+        f"--{name} {saved[name]!r} -> {getattr(config, name)!r}"
+        for name in RESUME_INVARIANTS
+        if name in saved and saved[name] != getattr(config, name)
+    ]
+    if changed:
+        raise fail(path, "cannot resume with different settings: " + "; ".join(changed) + " (use --restore_path to start a new run from its weights)")
 
 
 def validate(model, scan_paths, ground_truth_paths, config: TrainConfig, normalization, device) -> dict:
@@ -119,11 +208,13 @@ def train(config: TrainConfig) -> dict:
         torch.set_num_threads(config.n_thread)
     seed_everything(config.seed, config.deterministic)
 
+    # Every input is checked before anything is written, so bad input leaves nothing half-written.
     scan_paths, ground_truth_paths = read_paired_lists(config.train_multimodal_scan_paths, config.train_ground_truth_path)
+    first_shape = check_volume_pairs(scan_paths, ground_truth_paths)
     validation_lists = None
     if config.val_multimodal_scan_paths:
         validation_lists = read_paired_lists(config.val_multimodal_scan_paths, config.val_ground_truth_path)
-    first_scan = load_volume(scan_paths[0])
+        check_volume_pairs(*validation_lists)
     normalization = Normalization(config.dataset_normalization, config.dataset_means, config.dataset_stddevs)
 
     checkpoint_dir = Path(config.checkpoint_path)
@@ -132,30 +223,40 @@ def train(config: TrainConfig) -> dict:
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=config.learning_rates[0], weight_decay=config.w_weight_decay
     )
-    step, best = 0, {"dice": -1.0, "step": 0}
+    step, best, resumed_loss = 0, {"dice": -1.0, "step": 0}, float("nan")
 
-    restore = config.restore_path
+    restore, checkpoint = config.restore_path, None
     if config.resume and not restore:
-        existing = list_checkpoints(checkpoint_dir / "checkpoints")
-        restore = str(existing[-1]) if existing else ""
+        remove_stale_temporaries(checkpoint_dir / "checkpoints")
+        found = latest_complete_checkpoint(checkpoint_dir / "checkpoints")
+        if found:
+            restore, checkpoint = found
+            check_resume_config(restore, checkpoint.get("train_config", {}), config)
+            print(f"resuming from {restore}", flush=True)
     if restore:
-        checkpoint = read_checkpoint(restore)
+        checkpoint = checkpoint if checkpoint is not None else read_checkpoint(restore)
         loaded = model_from_checkpoint(checkpoint, restore, config.model_name, **model_config)
-        model.load_state_dict(loaded.state_dict())
+        # Strict, one-line check: a checkpoint of another configuration names the keys that differ.
+        load_state_dict_checked(model, loaded.state_dict(), restore, f"model {config.model_name!r} as configured")
         if "optimizer_state_dict" in checkpoint:
-            optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+            try:
+                optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+            except (ValueError, KeyError) as error:
+                raise fail(restore, f"optimizer state does not fit this model ({error})") from None
         train_state = checkpoint.get("train_state", {})
         step = int(train_state.get("step", checkpoint.get("train_step", 0)))
         best = train_state.get("best", best)
+        resumed_loss = float(train_state.get("loss", float("nan")))
         if "rng_state" in checkpoint:
             set_rng_state(checkpoint["rng_state"])
 
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    # Weights + Adam's two moments (+ buffers, small): roughly what one checkpoint takes on disk.
+    checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     if context.is_main:
-        check_writable(checkpoint_dir / "checkpoints", 3 * parameter_bytes)
+        check_writable(checkpoint_dir / "checkpoints", checkpoint_bytes)
     train_model = model
     if context.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -182,6 +283,10 @@ def train(config: TrainConfig) -> dict:
         seed=config.seed,
     )
     sampler = ResumableDistributedSampler(dataset, context.world_size, context.rank, config.seed)
+    # The loader draws its workers' base seed from this generator, re-seeded every epoch, instead of
+    # from the global torch RNG: otherwise each epoch (and each resume) would advance the global RNG
+    # by one draw, and a resumed run's RNG would drift from an uninterrupted one's.
+    loader_generator = torch.Generator()
     loader = DataLoader(
         dataset,
         batch_size=per_process_batch,
@@ -189,6 +294,7 @@ def train(config: TrainConfig) -> dict:
         num_workers=config.n_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        generator=loader_generator,
     )
     steps_per_epoch = math.ceil(sampler.num_samples / per_process_batch)
     n_epochs = config.learning_schedule[-1]
@@ -205,12 +311,15 @@ def train(config: TrainConfig) -> dict:
         write_json(checkpoint_dir / "config.json", {**asdict(config), "model_config": model_config})
         print(
             f"training {config.model_name} ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}, "
-            f"{len(dataset)} volumes of shape {first_scan.shape}, {steps_per_epoch} steps per epoch, "
+            f"{len(dataset)} volumes of shape {first_shape}, {steps_per_epoch} steps per epoch, "
             f"{total_steps} steps, effective batch {config.n_batch} ({context.world_size} process(es))",
             flush=True,
         )
 
     def save(current_step: int, loss_value: float) -> None:
+        # A disk that filled up during training stops the run here, before a write could fail
+        # half-way; either way the previous checkpoints are never touched (each step has its own file).
+        check_free_space(checkpoint_dir / "checkpoints", checkpoint_bytes)
         save_checkpoint(
             checkpoint_dir / "checkpoints" / CHECKPOINT_PATTERN.format(step=current_step),
             model,
@@ -242,12 +351,13 @@ def train(config: TrainConfig) -> dict:
 
     progress = tqdm(total=total_steps, initial=step, disable=not context.is_main, desc="train", dynamic_ncols=True)
     model.train()
-    loss_value, start_time, start_step = float("nan"), time.time(), step
+    loss_value, start_time, start_step = resumed_loss, time.time(), step
     while step < total_steps:
         epoch = step // steps_per_epoch
         sampler.set_epoch(epoch)
         sampler.skip = (step - epoch * steps_per_epoch) * per_process_batch
         dataset.set_epoch(epoch)
+        loader_generator.manual_seed(config.seed * 1_000_003 + epoch)
         dataset.augmentation_probability = schedule_value(config.augmentation_probabilities, config.augmentation_schedule, epoch)
         dataset.positive_class_sample_rate = schedule_value(
             config.positive_class_sample_rates, config.positive_class_sample_schedule, epoch
@@ -277,10 +387,12 @@ def train(config: TrainConfig) -> dict:
                 writer.add_scalar("train/learning_rate", learning_rate, step)
                 writer.add_scalar("train/augmentation_probability", dataset.augmentation_probability, step)
                 writer.add_images("train/scan_groundtruth_prediction", image_grid(images, targets, logits.detach()), step)
-            if context.is_main and step % config.n_checkpoint == 0 and step < total_steps:
-                save(step, loss_value)
+            # Validation first, so the checkpoint of this step already holds its "best": a run
+            # resumed from it then neither repeats nor loses that validation.
             if config.n_validation and step % config.n_validation == 0 and step < total_steps:
                 run_validation(step)
+            if context.is_main and step % config.n_checkpoint == 0 and step < total_steps:
+                save(step, loss_value)
             if context.enabled:
                 dist.barrier()
             if step >= total_steps:
@@ -288,8 +400,8 @@ def train(config: TrainConfig) -> dict:
     progress.close()
 
     if context.is_main:
-        save(step, loss_value)
         run_validation(step)
+        save(step, loss_value)
         writer.flush()
         writer.close()
     if context.enabled:

@@ -1,0 +1,104 @@
+"""Training settings out of range are refused in one line; the slice stacking holds for any shape."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spinseg.config import TrainConfig, schedule_value, validate_train_config
+from spinseg.data.volumes import stack_slices
+from spinseg.errors import UserInputError
+
+
+def test_the_default_recipe_is_valid():
+    validate_train_config(TrainConfig())
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"learning_rates": [-1e-3, 1e-4, 5e-5]}, "--learning_rates must be positive"),
+    ({"learning_rates": [float("nan"), 1e-4, 5e-5]}, "--learning_rates must be positive"),
+    ({"learning_rates": [1e-3], "learning_schedule": [10, 20]}, "same number of entries"),
+    ({"learning_schedule": [400, 300, 1600]}, "increasing"),
+    ({"n_chunk": 4}, "--n_chunk must be odd"),
+    ({"n_chunk": 0}, "--n_chunk must be odd and >= 1"),
+    ({"n_chunk": -3}, "--n_chunk must be odd and >= 1"),
+    ({"n_batch": 0}, "--n_batch must be >= 1"),
+    ({"augmentation_probabilities": [1.0]}, "--augmentation_probabilities and --augmentation_schedule"),
+    ({"augmentation_probabilities": [1.5, 0.5]}, "probabilities must lie in [0, 1]"),
+    ({"positive_class_sample_rates": [0.9, 0.5]}, "--positive_class_sample_rates and"),
+    ({"crop_shape": [4, 4]}, "--crop_shape"),
+    ({"w_positive_class": 0.0}, "--w_positive_class"),
+    ({"w_weight_decay": -1.0}, "--w_weight_decay"),
+    ({"augmentation_resize_and_pad": [1.1, 1.0]}, "--augmentation_resize_and_pad"),
+    ({"dataset_means": [1.0, 2.0]}, "--dataset_means and --dataset_stddevs"),
+    ({"dataset_stddevs": [0.0]}, "--dataset_stddevs must be positive"),
+    ({"n_checkpoint": 0}, "--n_checkpoint must be >= 1"),
+    ({"max_steps": 0}, "--max_steps"),
+    ({"val_batch_size": 0}, "--val_batch_size"),
+    ({"val_multimodal_scan_paths": "x.txt"}, "give both"),
+])
+def test_out_of_range_values_are_refused_in_one_line(overrides, fragment):
+    with pytest.raises(UserInputError) as caught:
+        validate_train_config(TrainConfig(**overrides))
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(UserInputError) as caught:
+        validate_train_config(TrainConfig(n_batch=0, n_chunk=4))
+    assert "--n_batch" in str(caught.value) and "--n_chunk" in str(caught.value)
+
+
+def test_schedule_value_counts_epochs():
+    assert [schedule_value([3e-4, 1e-4, 5e-5], [400, 1400, 1600], epoch) for epoch in (0, 399, 400, 1399, 1400, 5000)] == [
+        3e-4, 3e-4, 1e-4, 1e-4, 5e-5, 5e-5]
+    assert schedule_value([0.95], [-1], 10**6) == 0.95
+
+
+# ---------------------------------------------------------------------------------------------
+# Property-based: stacking n_chunk adjacent slices (the 2.5-D input) for any volume and index.
+
+@st.composite
+def volumes_and_indices(draw):
+    height, width, depth = draw(st.integers(1, 6)), draw(st.integers(1, 6)), draw(st.integers(1, 12))
+    n_chunk = draw(st.integers(0, 6)) * 2 + 1
+    index = draw(st.integers(0, depth - 1))
+    seed = draw(st.integers(0, 2**16))
+    dtype = draw(st.sampled_from([np.float32, np.float64, np.uint8, np.int16]))
+    volume = np.random.default_rng(seed).uniform(0, 200, (height, width, depth)).astype(dtype)
+    pad_value = draw(st.floats(-1e3, 1e3, allow_nan=False, width=32))
+    return volume, index, n_chunk, pad_value
+
+
+@settings(max_examples=150, deadline=None)
+@given(volumes_and_indices())
+def test_stack_slices_centres_the_slice_and_pads_outside(case):
+    volume, index, n_chunk, pad_value = case
+    chunk = stack_slices(volume, index, n_chunk, pad_value)
+    height, width, depth = volume.shape
+    half = n_chunk // 2
+    assert chunk.shape == (n_chunk, height, width) and chunk.dtype == np.float32
+    np.testing.assert_array_equal(chunk[half], volume[..., index].astype(np.float32))
+    for channel in range(n_chunk):
+        source = index - half + channel
+        if 0 <= source < depth:
+            np.testing.assert_array_equal(chunk[channel], volume[..., source].astype(np.float32))
+        else:
+            assert np.all(chunk[channel] == np.float32(pad_value))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 3).map(lambda k: 2 * k + 1))
+def test_stack_slices_reads_a_memory_mapped_volume_like_an_array(depth, n_chunk):
+    import tempfile
+    from pathlib import Path
+
+    volume = np.arange(3 * 4 * depth, dtype=np.float32).reshape(3, 4, depth)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "volume.npy"
+        np.save(path, volume)
+        mapped = np.load(path, mmap_mode="r")
+        for index in range(depth):
+            np.testing.assert_array_equal(stack_slices(mapped, index, n_chunk, -1.0), stack_slices(volume, index, n_chunk, -1.0))
+        del mapped
