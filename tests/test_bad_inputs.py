@@ -113,8 +113,6 @@ class Case:
     # Each run costs a Python + torch start-up (~2 s of CPU); cases whose check is the very code
     # path of another tested case only run for the documentation table.
     tested: bool = True
-    # Set while the command misbehaves for reasons outside this suite's files (see the reason).
-    known_failure: str = ""
 
 
 def bad_scan_list(workspace: Workspace, name: str, array: np.ndarray) -> tuple[str, str]:
@@ -139,12 +137,6 @@ def bare_unet_state_dict(workspace: Workspace) -> str:
     return str(path)
 
 
-# spinseg/engine/evaluator.py opens each volume inside its tqdm loop, so the progress bar has already
-# drawn on stderr when a bad volume stops it (and earlier subjects' montages may be written).
-EVALUATOR_CHECKS_LATE = (
-    "evaluator.evaluate must check every volume pair before its progress bar starts, e.g. "
-    "spinseg.engine.trainer.check_volume_pairs(scan_paths, ground_truth_paths) after read_paired_lists"
-)
 
 def blocked_checkpoint_folder(workspace: Workspace) -> Path:
     """A run folder whose ``checkpoints`` is a regular file, so the folder cannot be made."""
@@ -196,16 +188,14 @@ CASES = [
          lambda w: w.train("schedule", None, None, "--learning_rates", "1e-3", "5e-4", "--learning_schedule", "10"),
          ("--learning_rates", "--learning_schedule", "same number")),
     Case("evaluate_complex_dtype", "evaluate: scan .npy of complex numbers",
-         lambda w: w.evaluate("complex", *bad_scan_list(w, "eval_complex", COMPLEX_VOLUME)), ("eval_complex.npy", "complex64"),
-         known_failure=EVALUATOR_CHECKS_LATE),
+         lambda w: w.evaluate("complex", *bad_scan_list(w, "eval_complex", COMPLEX_VOLUME)), ("eval_complex.npy", "complex64")),
     Case("evaluate_missing_file", "evaluate: path list naming a missing file",
          lambda w: w.evaluate("missing", *w.lists("eval_missing", [w.scans[0], str(w.path("gone.npy"))], w.masks)),
          ("eval_missing_scans.txt", "gone.npy")),
     Case("evaluate_empty_list", "evaluate: empty path list",
          lambda w: w.evaluate("empty", *w.lists("eval_empty", [], [])), ("eval_empty_scans.txt", "empty"), tested=False),
     Case("evaluate_shape_mismatch", "evaluate: mask shape differs from its scan",
-         lambda w: w.evaluate("shape", *shape_mismatch_lists(w, "eval_shape", second=False)), ("eval_shape_mask.npy", "(24, 28, 9)"),
-         known_failure=EVALUATOR_CHECKS_LATE),
+         lambda w: w.evaluate("shape", *shape_mismatch_lists(w, "eval_shape", second=False)), ("eval_shape_mask.npy", "(24, 28, 9)")),
     Case("evaluate_unknown_model", "evaluate: unknown model name",
          lambda w: w.evaluate("model", None, None, "--model_name", "resnet"), ("resnet",), tested=False),
     Case("evaluate_other_architecture", "evaluate: release checkpoint of another configuration (paper-size SPiN expected)",
@@ -232,10 +222,7 @@ def case_results(tmp_path_factory):
 TESTED_CASES = [case for case in CASES if case.tested]
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(case, marks=[pytest.mark.xfail(strict=True, reason=case.known_failure)] if case.known_failure else [])
-    for case in TESTED_CASES
-], ids=[case.name for case in TESTED_CASES])
+@pytest.mark.parametrize("case", TESTED_CASES, ids=[case.name for case in TESTED_CASES])
 def test_bad_input_gets_one_line_and_exit_code_2(case, case_results):
     root, results = case_results
     _, result = results[case.name]
@@ -314,11 +301,8 @@ def write_doc(output: Path) -> None:
         for name, (arguments, result) in run_cases(root, CASES).items():
             case = next(case for case in CASES if case.name == name)
             lines = [line for line in result.stderr.splitlines() if line.strip()]
-            if case.known_failure:
-                lines = [line for line in lines if line.startswith("error: ")]  # the progress bar drawn before it
             message = (lines[-1] if lines else "").replace(str(root), "$DIR").replace(str(TESTS), "tests")
-            note = " (see note 1)" if case.known_failure else ""
-            rows.append((case.problem + note, shown_command(arguments, root), result.returncode, message))
+            rows.append((case.problem, shown_command(arguments, root), result.returncode, message))
         if (TESTS.parent / "setup" / "setup_dataset_atlas.py").is_file():
             rows += raw_setup_cases(root / "raw")
     lines = [
@@ -339,12 +323,9 @@ def write_doc(output: Path) -> None:
         "",
         "Notes:",
         "",
-        "1. `spinseg.evaluate` opens each volume inside its progress loop, so for these rows its progress bar",
-        "   has already been drawn on stderr above the one-line error (and earlier subjects' outputs may exist).",
-        "   The fix belongs in `spinseg/engine/evaluator.py`: " + EVALUATOR_CHECKS_LATE + ".",
-        "2. Flags taking numbers parse `-0.001` but not `-1e-3` (argparse reads that as a flag and prints its",
+        "1. Flags taking numbers parse `-0.001` but not `-1e-3` (argparse reads that as a flag and prints its",
         "   usage); write `--learning_rates=-1e-3`.",
-        "3. A checkpoint that would run code when unpickled is refused by every command",
+        "2. A checkpoint that would run code when unpickled is refused by every command",
         "   (`tests/test_safety.py`), e.g. `error: $DIR/evil.pth: refused: it holds more than weights (it would call",
         "   posix.system); loading it could run code, and spinseg only loads weights (torch.load weights_only=True)`.",
     ]

@@ -339,3 +339,46 @@ def test_predict_image_returns_probabilities_at_image_or_requested_size(rite_pre
     assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
     flipped = predict_image(model, image, normalization, "cpu", output_shape=(50, 31), test_time_flip=True)
     assert flipped.shape == (50, 31) and flipped.dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# Short SPiN training + evaluation through the shared trainer and evaluator
+
+
+@pytest.mark.parametrize("dataset", ["warwick", "rite"])
+def test_short_spin_training_and_evaluation_on_2d_rgb_data(dataset, glas_prepared, rite_prepared, tmp_path, capsys):
+    from spinseg.config import EvaluateConfig, TrainConfig
+    from spinseg.engine.evaluator import evaluate
+    from spinseg.engine.trainer import train
+
+    _, output_dir, lists_dir = (glas_prepared if dataset == "warwick" else rite_prepared)[:3]
+    statistics = json.loads((output_dir / "statistics.json").read_text())
+    small_config = json.loads(SMALL_SPIN_CONFIG.read_text())["config"]
+    model_config = json.dumps({**small_config, "input_channels": 3})
+    training = lists_dir / "training" / dataset / "traintest"
+    testing = lists_dir / "testing" / dataset / "traintest"
+    test_images = read_list(testing / "test_images.txt")
+    summary = train(TrainConfig(
+        train_multimodal_scan_paths=str(training / "train_images.txt"),
+        train_ground_truth_path=str(training / "train_ground_truths.txt"),
+        val_multimodal_scan_paths=str(testing / "test_images.txt"),
+        val_ground_truth_path=str(testing / "test_ground_truths.txt"),
+        model_config=model_config, n_chunk=1, n_batch=2, crop_shape=[32, 32],
+        dataset_means=statistics["means"], dataset_stddevs=statistics["stddevs"],
+        learning_rates=[1e-3], learning_schedule=[3], augmentation_probabilities=[1.0], augmentation_schedule=[3],
+        n_summary=2, n_checkpoint=100, n_validation=0, checkpoint_path=str(tmp_path / "run"), n_workers=0, seed=2,
+    ))
+    assert summary["steps"] > 0 and np.isfinite(summary["final_loss"])
+    assert summary["best"]["step"] == summary["steps"]  # validated at the end on the test images
+
+    result = evaluate(EvaluateConfig(
+        multimodal_scan_paths=str(testing / "test_images.txt"),
+        ground_truth_path=str(testing / "test_ground_truths.txt"),
+        restore_path=summary["checkpoint"], n_chunk=1, model_config=model_config,
+        dataset_means=statistics["means"], dataset_stddevs=statistics["stddevs"],
+        output_path=str(tmp_path / "evaluation"), do_visualize_predictions=True,
+    ))
+    assert len(result["records"]) == len(test_images)
+    assert all(0.0 <= result["table2"][key] <= 1.0 for key in ("dice", "iou", "precision", "recall"))
+    assert f"SPiN | {result['table2']['dice']:.3f} |" in capsys.readouterr().out
+    assert len(list((tmp_path / "evaluation" / "visualizations").glob("*.png"))) == len(test_images)

@@ -20,7 +20,7 @@ from ..inference import predict_volume
 from ..metrics import pooled_release_metrics
 from ..visualize import save_overlay_montage, save_slice_panel
 from .runtime import select_device
-from .trainer import model_input_config, parse_model_config
+from .trainer import check_volume_pairs, model_input_config, parse_model_config
 
 KNOWN_METRIC_GROUPS = ("release", "challenge", "size")
 
@@ -71,6 +71,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     method = config.method_name or config.model_name.upper().replace("SPIN", "SPiN")
     if is_rgb_image_file(scan_paths[0]):
         return evaluate_images(config, model, normalization, device, scan_paths, ground_truth_paths, output, method)
+    # Every volume is checked before the first output is written.
+    check_volume_pairs(scan_paths, ground_truth_paths)
 
     records, montages, small_gts, small_preds = [], {}, [], []
     started = time.time()

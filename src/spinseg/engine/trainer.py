@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..checkpoint import load_state_dict_checked, model_from_checkpoint, read_checkpoint, save_checkpoint
 from ..config import TrainConfig, schedule_value, validate_train_config
+from ..data.images_2d import ImageTrainingDataset, is_rgb_image_file, load_image, load_mask, predict_image
 from ..data.slices import SliceTrainingDataset
 from ..data.transforms import AugmentationConfig, Normalization
 from ..data.volumes import check_same_shape, load_volume, read_paired_lists
@@ -55,9 +56,10 @@ def parse_model_config(text: str) -> dict:
     """``--model_config``: a JSON object, or the path of a JSON file holding one."""
     if not text:
         return {}
-    path = Path(text)
     try:
-        source = path.read_text() if path.suffix == ".json" or path.is_file() else text
+        # Inline JSON starts with "{"; anything else names a file (checking it as a path first would
+        # fail on long inline configs: the name is too long for the file system).
+        source = text if text.lstrip().startswith("{") else Path(text).read_text()
         config = json.loads(source)
     except (OSError, json.JSONDecodeError) as error:
         raise UserInputError(f"--model_config {text[:80]!r}: not a JSON object or JSON file ({error})") from None
@@ -149,16 +151,16 @@ def check_writable(directory: Path, bytes_needed: int) -> None:
     check_free_space(directory, bytes_needed)
 
 
-def check_volume_pairs(scan_paths: list[str], ground_truth_paths: list[str]) -> tuple[int, ...]:
+def check_volume_pairs(scan_paths: list[str], ground_truth_paths: list[str], two_dimensional: bool = False) -> tuple[int, ...]:
     """Opens every listed volume (memory-mapped: headers only) and checks dtype, ndim and pairing.
 
     Done before anything is written, so a bad file stops the run at once with one line instead of
     failing mid-epoch (inside a data-loader worker, whose error would arrive wrapped in a traceback).
-    Returns the first scan's shape.
+    ``two_dimensional``: RGB images (H, W, 3) with masks (H, W). Returns the first scan's shape.
     """
     first_shape = None
     for scan_path, ground_truth_path in zip(scan_paths, ground_truth_paths):
-        scan, mask = load_volume(scan_path), load_volume(ground_truth_path)
+        scan, mask = load_volume(scan_path), load_volume(ground_truth_path, ndim=2 if two_dimensional else 3)
         check_same_shape(scan, scan_path, mask, ground_truth_path)
         first_shape = first_shape or scan.shape
     return first_shape
@@ -176,12 +178,17 @@ def check_resume_config(path: Path, saved: dict, config: TrainConfig) -> None:
 
 
 def validate(model, scan_paths, ground_truth_paths, config: TrainConfig, normalization, device) -> dict:
-    """Per-subject 3-D release metrics on whole validation volumes, averaged over subjects."""
+    """Release metrics per validation subject (3-D volume, or 2-D RGB image), averaged over subjects."""
     records = []
     for scan_path, ground_truth_path in zip(scan_paths, ground_truth_paths):
-        scan, mask = load_volume(scan_path), load_volume(ground_truth_path)
-        check_same_shape(scan, scan_path, mask, ground_truth_path)
-        probabilities = predict_volume(model, scan, config.n_chunk, normalization, config.val_batch_size, device, amp=config.amp)
+        if is_rgb_image_file(scan_path):
+            mask = np.asarray(load_mask(ground_truth_path))
+            probabilities = predict_image(model, np.asarray(load_image(scan_path)), normalization, device,
+                                          output_shape=mask.shape, amp=config.amp)
+        else:
+            scan, mask = load_volume(scan_path), load_volume(ground_truth_path)
+            check_same_shape(scan, scan_path, mask, ground_truth_path)
+            probabilities = predict_volume(model, scan, config.n_chunk, normalization, config.val_batch_size, device, amp=config.amp)
         records.append(release_metrics(np.asarray(mask) > 0, probabilities > 0.5))
     return mean_over_subjects(records)
 
@@ -210,15 +217,19 @@ def train(config: TrainConfig) -> dict:
 
     # Every input is checked before anything is written, so bad input leaves nothing half-written.
     scan_paths, ground_truth_paths = read_paired_lists(config.train_multimodal_scan_paths, config.train_ground_truth_path)
-    first_shape = check_volume_pairs(scan_paths, ground_truth_paths)
+    # GLaS / RITE: RGB images (H, W, 3) with (H, W) masks instead of 3-D volumes.
+    two_dimensional = is_rgb_image_file(scan_paths[0])
+    first_shape = check_volume_pairs(scan_paths, ground_truth_paths, two_dimensional)
     validation_lists = None
     if config.val_multimodal_scan_paths:
         validation_lists = read_paired_lists(config.val_multimodal_scan_paths, config.val_ground_truth_path)
-        check_volume_pairs(*validation_lists)
+        if not two_dimensional:  # 2-D validation may score against original-size masks
+            check_volume_pairs(*validation_lists)
     normalization = Normalization(config.dataset_normalization, config.dataset_means, config.dataset_stddevs)
 
     checkpoint_dir = Path(config.checkpoint_path)
-    model_config = model_input_config(config.model_name, config.n_chunk, 1, parse_model_config(config.model_config))
+    channels_per_slice = 3 if two_dimensional else 1
+    model_config = model_input_config(config.model_name, config.n_chunk, channels_per_slice, parse_model_config(config.model_config))
     model = build_model(config.model_name, **model_config)
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=config.learning_rates[0], weight_decay=config.w_weight_decay
@@ -267,7 +278,8 @@ def train(config: TrainConfig) -> dict:
     if config.n_batch % context.world_size:
         raise UserInputError(f"--n_batch {config.n_batch} must be divisible by the {context.world_size} processes")
     per_process_batch = config.n_batch // context.world_size
-    dataset = SliceTrainingDataset(
+    dataset_class = ImageTrainingDataset if two_dimensional else SliceTrainingDataset
+    dataset = dataset_class(
         scan_paths,
         ground_truth_paths,
         n_chunk=config.n_chunk,
@@ -287,6 +299,9 @@ def train(config: TrainConfig) -> dict:
     # from the global torch RNG: otherwise each epoch (and each resume) would advance the global RNG
     # by one draw, and a resumed run's RNG would drift from an uninterrupted one's.
     loader_generator = torch.Generator()
+    # Batches are always full when the data allow it: a last batch of one sample would leave batch
+    # norm a single value per channel at the coarsest scale of small crops (it cannot train on that).
+    drop_last = sampler.num_samples >= per_process_batch
     loader = DataLoader(
         dataset,
         batch_size=per_process_batch,
@@ -295,8 +310,9 @@ def train(config: TrainConfig) -> dict:
         pin_memory=device.type == "cuda",
         persistent_workers=False,
         generator=loader_generator,
+        drop_last=drop_last,
     )
-    steps_per_epoch = math.ceil(sampler.num_samples / per_process_batch)
+    steps_per_epoch = (sampler.num_samples // per_process_batch) if drop_last else math.ceil(sampler.num_samples / per_process_batch)
     n_epochs = config.learning_schedule[-1]
     total_steps = n_epochs * steps_per_epoch
     if config.max_steps > 0:
