@@ -1,0 +1,777 @@
+"""Speed and memory benchmark: ``python -m spinseg.benchmark`` (plain eager path vs the optimised one).
+
+For every model of the registry that imports (or those given with ``--models``), on synthetic
+memory-mapped volumes of the ATLAS shape, in one run on one machine:
+
+* parameters and forward GFLOP per slice (``torch.utils.flop_counter.FlopCounterMode``);
+* inference seconds per volume: :func:`spinseg.inference.predict_volume` (plain) against
+  :func:`spinseg.fast_inference.predict_volume_fast` (folded batch norm, channels-last, background
+  slices skipped), their achieved GFLOP/s and its fraction of a measured fp32 matmul rate;
+* training slices per second: a plain eager Adam step against a channels-last one (and
+  ``torch.compile`` with ``--compile``);
+* peak memory per phase (CPU: peak RSS above the phase's start, each phase in a fresh process by
+  default; GPU: ``torch.cuda.max_memory_allocated``);
+* data loading slices per second from a ``SliceTrainingDataset`` (0 workers vs ``--n_workers``).
+
+The optimised outputs are checked against the plain ones (PASS/FAIL with the max abs difference);
+any FAIL makes the exit code 1. Results go to a table on stdout and to ``--output_json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .allocator import tune_glibc_malloc
+from .errors import UserInputError, cli_entry
+
+ATLAS_SHAPE = (197, 233, 189)
+QUICK_SHAPE = (32, 36, 12)
+# Agreement tolerances between the plain and the optimised path (probabilities / relative loss).
+# bf16 autocast rounds every convolution to 8 mantissa bits, so its paths agree far more loosely.
+TOLERANCE_FP32 = {"probability": 1e-4, "loss": 1e-4}
+TOLERANCE_AMP = {"probability": 5e-2, "loss": 2e-2}
+PHASE_RESULT_PREFIX = "BENCHMARK_PHASE_RESULT "
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurements shared by the phases.
+# ----------------------------------------------------------------------------------------------
+
+
+def read_status_kilobytes(field: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB (VmRSS, VmHWM); None where /proc is unavailable."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Resets this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0); True on success."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory of a block of work, in MiB: GPU peak allocation, or CPU peak RSS above the start.
+
+    On the CPU the peak is VmHWM (reset at the start when the kernel allows, else the process's
+    peak so far, which a fresh phase process keeps close to the start) minus VmRSS at the start.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.megabytes: float | None = None
+        self.method = ""
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            self.was_reset = reset_peak_rss()
+            self.start = read_status_kilobytes("VmRSS") or 0
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.megabytes = (torch.cuda.max_memory_allocated(self.device) - self.start) / 2**20
+            self.method = "torch.cuda.max_memory_allocated above the phase start"
+            return
+        peak = read_status_kilobytes("VmHWM")
+        if peak is None:  # not Linux: ru_maxrss is KiB on Linux, bytes on macOS
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
+        self.megabytes = max(peak - self.start, 0) / 1024
+        self.method = "VmHWM (reset at start) - VmRSS at start" if self.was_reset else "VmHWM - VmRSS at start"
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for queued GPU work so that timings are honest; a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, size: int | None = None, repeats: int = 5) -> float:
+    """Best-of-``repeats`` rate of one square ``torch.mm`` (2 n^3 FLOP) on ``device``, in GFLOP/s."""
+    size = size or (8192 if device.type == "cuda" else 2048)
+    left = torch.randn(size, size, device=device, dtype=dtype)
+    right = torch.randn(size, size, device=device, dtype=dtype)
+    torch.mm(left, right)  # warm-up: library initialisation, GPU clocks
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(left, right)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def summarize_times(seconds: list[float]) -> dict[str, float]:
+    """{"min", "median", "all"} of a list of timings."""
+    return {"min": min(seconds), "median": statistics.median(seconds), "all": seconds}
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic data and models.
+# ----------------------------------------------------------------------------------------------
+
+
+def write_synthetic_volumes(directory: Path, n_volumes: int, shape: tuple[int, int, int], seed: int = 0) -> tuple[list[str], list[str]]:
+    """Writes ``n_volumes`` brain-like (H, W, D) float32 scans and uint8 masks as .npy files.
+
+    A noisy ellipsoid "brain" (intensities 1-120) sits in a background of exact zeros and spans the
+    middle ~80% of the axial slices, so, as in ATLAS, the end slices are empty and can be skipped.
+    Each mask holds one small cubic lesion. Returns (scan paths, mask paths).
+    """
+    rng = np.random.default_rng(seed)
+    height, width, depth = shape
+    rows, columns, slices = np.meshgrid(
+        np.linspace(-1, 1, height), np.linspace(-1, 1, width), np.linspace(-1, 1, depth), indexing="ij"
+    )
+    brain = rows**2 / 0.8**2 + columns**2 / 0.8**2 + slices**2 / 0.8**2 <= 1.0
+    scans, masks = [], []
+    for index in range(n_volumes):
+        scan = np.where(brain, np.clip(rng.normal(60.0, 20.0, shape), 1.0, 120.0), 0.0).astype(np.float32)
+        mask = np.zeros(shape, dtype=np.uint8)
+        centre = (height // 2 + rng.integers(-4, 5), width // 2 + rng.integers(-4, 5), depth // 2 + rng.integers(-2, 3))
+        size = max(1, min(shape) // 12)
+        region = tuple(slice(max(c - size, 0), c + size) for c in centre)
+        mask[region] = 1
+        scan[region] = 10.0  # lesions are dark in T1
+        scans.append(str(directory / f"scan{index:03d}.npy"))
+        masks.append(str(directory / f"mask{index:03d}.npy"))
+        np.save(scans[-1], scan)
+        np.save(masks[-1], mask)
+    return scans, masks
+
+
+def model_setup(name: str) -> tuple[dict, int, Any]:
+    """(model config, n_chunk, normalization) of model ``name`` from its training recipe."""
+    from .data.transforms import Normalization
+    from .engine.trainer import model_input_config
+    from .recipes import recipe
+
+    model_recipe = recipe(name)
+    config = model_input_config(name, model_recipe.n_chunk, 1, dict(model_recipe.model_config))
+    normalization_flags = model_recipe.normalization()
+    normalization = Normalization(
+        normalization_flags["dataset_normalization"], normalization_flags["dataset_means"], normalization_flags["dataset_stddevs"]
+    )
+    return config, model_recipe.n_chunk, normalization
+
+
+def importable_models(names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The names whose model class imports, and {name: reason} for the others."""
+    from .models import model_class
+
+    usable, skipped = [], {}
+    for name in names:
+        try:
+            model_class(name)
+            usable.append(name)
+        except UserInputError as error:
+            skipped[name] = str(error)
+        except Exception as error:  # a half-written model file must not stop the other models
+            skipped[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+    return usable, skipped
+
+
+def reference_state_dict(name: str, config: dict, n_chunk: int, normalization, scan_path: str, height: int, width: int,
+                         seed: int, checkpoint: str = "") -> dict[str, torch.Tensor]:
+    """Weights every phase of model ``name`` starts from.
+
+    From ``checkpoint`` when given; otherwise a seeded random initialisation whose batch norms get
+    running statistics from a train-mode pass over a few real slices, as a trained model has them
+    (with the defaults, mean 0 and variance 1, folding batch norm would be almost a no-op and the
+    check of it meaningless).
+    """
+    from .checkpoint import model_from_checkpoint, read_checkpoint
+    from .data.volumes import load_volume, stack_slices
+    from .models import build_model
+
+    torch.manual_seed(seed)
+    if checkpoint:
+        model = model_from_checkpoint(read_checkpoint(checkpoint), checkpoint, name, **config)
+        return model.state_dict()
+    model = build_model(name, **config)
+    batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if batch_norms:
+        volume = load_volume(scan_path)
+        depth = volume.shape[-1]
+        slices = np.stack([stack_slices(volume, int(i), n_chunk, normalization.pad_value()) for i in np.linspace(depth * 0.3, depth * 0.7, 4).astype(int)])
+        for module in batch_norms:
+            module.momentum = None  # cumulative average: the statistics of exactly these slices
+            module.reset_running_stats()
+        model.train()
+        with torch.no_grad():
+            model(normalization(torch.from_numpy(slices)))
+    return model.state_dict()
+
+
+def gflop_per_slice(model: torch.nn.Module, in_channels: int, height: int, width: int) -> float:
+    """Forward GFLOP of one (1, in_channels, height, width) slice (convolutions and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.zeros(1, in_channels, height, width))
+    return counter.get_total_flops() / 1e9
+
+
+# ----------------------------------------------------------------------------------------------
+# Phases: each measured alone (in a fresh process on CPU, for a clean peak RSS).
+# ----------------------------------------------------------------------------------------------
+
+
+def build_phase_model(spec: dict) -> tuple[torch.nn.Module, int, Any]:
+    """The model of a phase with the reference weights loaded: (model, n_chunk, normalization)."""
+    from .models import build_model
+
+    config, n_chunk, normalization = model_setup(spec["model"])
+    model = build_model(spec["model"], **config)
+    model.load_state_dict(torch.load(spec["state_dict_path"], map_location="cpu", weights_only=True))
+    return model, n_chunk, normalization
+
+
+def run_inference_phase(spec: dict) -> dict:
+    """Times whole-volume inference, plain (``variant`` "plain") or optimised ("fast", "fast_compile")."""
+    from .data.volumes import load_volume
+    from .fast_inference import predict_volume_fast, prepare_inference_model
+    from .inference import predict_volume
+
+    device = torch.device(spec["device"])
+    model, n_chunk, normalization = build_phase_model(spec)
+    volume = load_volume(spec["scan_path"])
+    batch_size, amp = spec["batch_size"], spec["amp"]
+    result: dict[str, Any] = {"batch_size": batch_size}
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        if spec["variant"] == "plain":
+            model.to(device).eval()
+            def predict():
+                return predict_volume(model, volume, n_chunk, normalization, batch_size, device, amp=amp), {}
+        else:
+            model = prepare_inference_model(model.to(device), channels_last=True, fuse_batch_norm=True,
+                                            compile=spec["variant"].endswith("compile"))
+            def predict():
+                return predict_volume_fast(model, volume, n_chunk, normalization, batch_size, device,
+                                           skip_background=spec["skip_background"], amp=amp)
+        # Warm-up on one batch of middle slices (library set-up, compilation), timed apart.
+        from .data.volumes import stack_slices
+        middle = volume.shape[-1] // 2
+        warm_batch = np.stack([stack_slices(volume, middle, n_chunk, normalization.pad_value())] * batch_size)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            inputs = normalization(torch.from_numpy(warm_batch)).to(device)
+            if spec["variant"] != "plain":
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            model(inputs)
+        synchronize(device)
+        result["prepare_and_warmup_seconds"] = time.perf_counter() - start
+        # The matmul rate right here, under the same load as the timings (a shared machine's
+        # load moves within minutes); the report compares against the best rate seen.
+        result["matmul_gflops_in_phase"] = matmul_gflops(device, torch.bfloat16 if amp and device.type == "cuda" else torch.float32, repeats=3)
+        seconds, info = [], {}
+        for _ in range(spec["repeats"]):
+            start = time.perf_counter()
+            probabilities, info = predict()
+            synchronize(device)
+            seconds.append(time.perf_counter() - start)
+    np.save(spec["output_path"], probabilities)
+    result.update(seconds_per_volume=summarize_times(seconds), peak_memory_mb=memory.megabytes, memory_method=memory.method,
+                  slices_run=info.get("slices_run", volume.shape[-1]), slices_skipped=info.get("slices_skipped", 0),
+                  skip_disabled=info.get("skip_disabled", ""), background_max_probability=info.get("background_max_probability"))
+    return result
+
+
+def training_batch(spec: dict, n_chunk: int, normalization) -> tuple[torch.Tensor, torch.Tensor]:
+    """One fixed training batch (images (B, n_chunk, H, W), targets (B, 1, H, W)) from the dataset."""
+    from .data.slices import SliceTrainingDataset
+
+    dataset = SliceTrainingDataset(spec["scan_paths"], spec["mask_paths"], n_chunk=n_chunk, normalization=normalization,
+                                   augmentation_probability=0.0, seed=spec["seed"])
+    samples = [dataset[index % len(dataset)] for index in range(spec["batch_size"])]
+    return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
+
+
+def run_training_phase(spec: dict) -> dict:
+    """Times Adam steps on one full-slice batch: plain eager, channels-last, or channels-last + compile.
+
+    The first step (same weights, same batch in every variant, dropout off) gives the loss the
+    variants are compared on; it is also the warm-up and is timed apart.
+    """
+    from .fast_inference import to_channels_last
+
+    device = torch.device(spec["device"])
+    model, n_chunk, normalization = build_phase_model(spec)
+    images, targets = training_batch(spec, n_chunk, normalization)
+    channels_last = spec["variant"] != "plain"
+    model.to(device).train()
+    images, targets = images.to(device), targets.to(device)
+    if channels_last:
+        to_channels_last(model)
+        images = images.contiguous(memory_format=torch.channels_last)
+    forward_model = torch.compile(model) if spec["variant"].endswith("compile") else model
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-4)
+    pos_weight = torch.tensor([1.5], device=device)
+
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+
+    def step(deterministic: bool = False) -> float:
+        # The compared first step runs dropout as identity: a random mask drawn in another memory
+        # layout would differ between variants for reasons that are no bug.
+        for module in dropouts:
+            module.train(not deterministic)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["amp"]):
+            logits = forward_model(images)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()  # .item() also waits for the GPU
+
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        first_loss = step(deterministic=True)
+        warmup = time.perf_counter() - start
+        seconds = []
+        for _ in range(spec["repeats"]):
+            start = time.perf_counter()
+            step()
+            seconds.append(time.perf_counter() - start)
+    times = summarize_times(seconds)
+    return {"first_step_loss": first_loss, "warmup_seconds": warmup, "seconds_per_step": times,
+            "slices_per_second": spec["batch_size"] / times["min"], "peak_memory_mb": memory.megabytes,
+            "memory_method": memory.method, "batch_size": spec["batch_size"]}
+
+
+def run_data_phase(spec: dict) -> dict:
+    """Slices per second drawn by a training DataLoader over the memory-mapped volumes."""
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from .data.slices import SliceTrainingDataset
+    from .data.transforms import Normalization
+
+    device = torch.device(spec["device"])
+    dataset = SliceTrainingDataset(spec["scan_paths"], spec["mask_paths"], n_chunk=5, normalization=Normalization(),
+                                   augmentation_probability=spec["augmentation_probability"], seed=spec["seed"])
+    sampler = RandomSampler(dataset, replacement=True, num_samples=spec["n_samples"], generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(dataset, batch_size=spec["batch_size"], sampler=sampler, num_workers=spec["n_workers"],
+                        pin_memory=device.type == "cuda")
+    with PeakMemory(torch.device("cpu")) as memory:
+        start = time.perf_counter()
+        count = 0
+        for images, _ in loader:
+            count += images.shape[0]
+        seconds = time.perf_counter() - start
+    return {"slices": count, "seconds": seconds, "slices_per_second": count / seconds, "n_workers": spec["n_workers"],
+            "pin_memory": device.type == "cuda", "peak_memory_mb": memory.megabytes,
+            "augmentation_probability": spec["augmentation_probability"]}
+
+
+PHASES = {"inference": run_inference_phase, "training": run_training_phase, "data": run_data_phase}
+
+
+def run_phase(spec: dict, isolate: bool) -> dict:
+    """Runs one phase here or in a fresh ``python -m spinseg.benchmark --phase`` process."""
+    if not isolate:
+        return PHASES[spec["kind"]](spec)
+    command = [sys.executable, "-m", "spinseg.benchmark", "--phase", json.dumps(spec)]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    for line in completed.stdout.splitlines():
+        if line.startswith(PHASE_RESULT_PREFIX):
+            return json.loads(line[len(PHASE_RESULT_PREFIX) :])
+    raise RuntimeError(f"benchmark phase {spec['kind']}/{spec.get('model')}/{spec.get('variant')} failed "
+                       f"(exit {completed.returncode}):\n{completed.stderr[-3000:]}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole benchmark.
+# ----------------------------------------------------------------------------------------------
+
+
+def machine_description(device: torch.device) -> dict:
+    """CPU model, core count, torch version, GPU name and load average, for the record."""
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    description = {"cpu": cpu_model, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                   "torch": torch.__version__, "python": platform.python_version(), "load_average": list(os.getloadavg()),
+                   "glibc_malloc_tuned": os.environ.get("SPINSEG_DEFAULT_MALLOC") != "1"}
+    if device.type == "cuda":
+        description["gpu"] = torch.cuda.get_device_name(device)
+    return description
+
+
+def float_rounding_errors(model: torch.nn.Module, scan_path: str, n_chunk: int, normalization, n_slices: int = 4) -> dict:
+    """How far fp32 probabilities of the plain and of the optimised model lie from float64 ones.
+
+    On ``n_slices`` middle slices: max |p_fp32 - p_fp64| for the plain model and for
+    :func:`prepare_inference_model`'s. Some networks (e.g. X-Net with sharp batch norms) amplify
+    fp32 rounding far beyond 1e-4 in the plain path already; there the optimised path is held to
+    the plain path's own error instead of a fixed tolerance.
+    """
+    import copy
+
+    from .data.volumes import load_volume, stack_slices
+    from .fast_inference import prepare_inference_model
+
+    volume = load_volume(scan_path)
+    middle = volume.shape[-1] // 2
+    indices = range(max(middle - n_slices // 2, 0), min(middle - n_slices // 2 + n_slices, volume.shape[-1]))
+    inputs = normalization(torch.from_numpy(np.stack([stack_slices(volume, i, n_chunk, normalization.pad_value()) for i in indices])))
+    model.eval()
+    with torch.inference_mode():
+        exact = torch.sigmoid(copy.deepcopy(model).double()(inputs.double()))
+        plain = torch.sigmoid(model(inputs)).double()
+        fast = torch.sigmoid(prepare_inference_model(model)(inputs.contiguous(memory_format=torch.channels_last))).double()
+    return {"plain_vs_float64": float((plain - exact).abs().max()), "optimised_vs_float64": float((fast - exact).abs().max()),
+            "slices": list(indices)}
+
+
+def training_loss_rounding(model: torch.nn.Module, spec: dict, n_chunk: int, normalization) -> dict:
+    """|fp32 - float64| of the first training step's loss (train mode, dropout off) on the phases' batch.
+
+    Batch norm in train mode divides by batch standard deviations, which amplifies rounding in
+    nearly constant channels (trained networks have some); the channels-last variant is then
+    held to the plain path's own error where that exceeds the fixed tolerance.
+    """
+    import copy
+
+    images, targets = training_batch(spec, n_chunk, normalization)
+    losses = {}
+    for dtype in (torch.float32, torch.float64):
+        network = copy.deepcopy(model).to(dtype).train()
+        for module in network.modules():
+            if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+                module.eval()
+        with torch.no_grad():
+            logits = network(images.to(dtype))
+            losses[dtype] = float(F.binary_cross_entropy_with_logits(logits, targets.to(dtype), pos_weight=torch.tensor([1.5], dtype=dtype)))
+    return {"plain_loss": losses[torch.float32], "float64_loss": losses[torch.float64],
+            "plain_vs_float64": abs(losses[torch.float32] - losses[torch.float64])}
+
+
+def compare_inference(plain_path: str, fast_path: str, scan_path: str, n_chunk: int, pad_value: float, tolerance: float,
+                      rounding: dict | None = None) -> dict:
+    """Agreement of the optimised probabilities with the plain ones.
+
+    The max abs difference is taken over the slices the optimised path ran and must stay within
+    ``tolerance``, or within 4x the plain path's own fp32 rounding error (``rounding``, from
+    :func:`float_rounding_errors`) where that is larger. On the skipped slices the check is that
+    the thresholded masks are identical (the optimised path outputs 0 there).
+    """
+    from .data.volumes import load_volume
+    from .fast_inference import MASK_THRESHOLD, background_windows
+
+    plain, fast = np.load(plain_path), np.load(fast_path)
+    skipped = background_windows(load_volume(scan_path), n_chunk, pad_value, 0.0) & ~fast.any(axis=(0, 1))
+    ran = ~skipped
+    max_difference = float(np.abs(plain[..., ran] - fast[..., ran]).max()) if ran.any() else 0.0
+    mask_differences = int(((plain > MASK_THRESHOLD) != (fast > MASK_THRESHOLD)).sum())
+    mask_differences_skipped = int(((plain[..., skipped] > MASK_THRESHOLD) != (fast[..., skipped] > MASK_THRESHOLD)).sum())
+    allowed = max(tolerance, 4 * rounding["plain_vs_float64"]) if rounding else tolerance
+    passed = max_difference <= allowed and mask_differences_skipped == 0
+    return {"max_abs_difference": max_difference, "tolerance": tolerance, "allowed_difference": allowed,
+            "float_rounding": rounding, "mask_voxels_different": mask_differences,
+            "mask_voxels_different_on_skipped_slices": mask_differences_skipped,
+            "skipped_slices_checked": int(skipped.sum()), "passed": passed}
+
+
+def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_rate: float, isolate: bool, workdir: Path) -> dict:
+    """All phases of one model; returns its JSON record."""
+    from .models import build_model
+
+    config, n_chunk, normalization = model_setup(name)
+    state_dict = reference_state_dict(name, config, n_chunk, normalization, data["scan_paths"][0], args.height, args.width,
+                                      args.seed, checkpoint=args.checkpoints.get(name, ""))
+    state_dict_path = workdir / f"{name}_state_dict.pt"
+    torch.save(state_dict, state_dict_path)
+    model = build_model(name, **config)
+    model.load_state_dict(state_dict)
+    record: dict[str, Any] = {
+        "model": name, "n_chunk": n_chunk, "config": config,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "gflop_per_slice": gflop_per_slice(model, model.in_channels, args.height, args.width),
+    }
+    rounding = None if args.amp else float_rounding_errors(model, data["scan_paths"][0], n_chunk, normalization)
+    loss_rounding = None if args.amp else training_loss_rounding(
+        model, {"scan_paths": data["scan_paths"], "mask_paths": data["mask_paths"], "batch_size": args.batch_size, "seed": args.seed},
+        n_chunk, normalization)
+    del model
+    common = {"model": name, "device": str(device), "amp": args.amp, "state_dict_path": str(state_dict_path),
+              "batch_size": args.batch_size, "repeats": args.repeats, "seed": args.seed}
+    tolerance = TOLERANCE_AMP if args.amp else TOLERANCE_FP32
+
+    inference_variants = ["plain", "fast"] + (["fast_compile"] if args.compile else [])
+    inference_specs = {
+        variant: {**common, "kind": "inference", "variant": variant, "scan_path": data["scan_paths"][0],
+                  "output_path": str(workdir / f"{name}_{variant}.npy"), "skip_background": not args.no_skip_background,
+                  "batch_size": args.inference_batch_size if variant == "plain" else args.fast_batch_size}
+        for variant in inference_variants
+    }
+    record["inference"] = interleaved_phases(inference_specs, "repeats", args.repeats, isolate, f"{name}: inference")
+    best_matmul = max([matmul_rate] + [r["matmul_gflops_in_phase"] for r in record["inference"].values()])
+    record["matmul_gflops_reference"] = best_matmul
+    for variant, result in record["inference"].items():
+        best = result["seconds_per_volume"]["min"]
+        result["achieved_gflops"] = result["slices_run"] * record["gflop_per_slice"] / best
+        result["fraction_of_matmul"] = result["achieved_gflops"] / best_matmul
+        result["seconds_per_slice"] = best / args.depth
+        if variant != "plain":
+            result["check"] = compare_inference(str(workdir / f"{name}_plain.npy"), inference_specs[variant]["output_path"],
+                                                data["scan_paths"][0], n_chunk, normalization.pad_value(), tolerance["probability"], rounding)
+            result["speedup_over_plain"] = record["inference"]["plain"]["seconds_per_volume"]["min"] / best
+            result["median_speedup_over_plain"] = record["inference"]["plain"]["seconds_per_volume"]["median"] / result["seconds_per_volume"]["median"]
+
+    training_variants = ["plain", "channels_last"] + (["channels_last_compile"] if args.compile else [])
+    training_specs = {variant: {**common, "kind": "training", "variant": variant, "scan_paths": data["scan_paths"],
+                                "mask_paths": data["mask_paths"]} for variant in training_variants}
+    record["training"] = interleaved_phases(training_specs, "repeats", args.train_repeats, isolate, f"{name}: training")
+    for variant, result in record["training"].items():
+        if variant != "plain":
+            reference = record["training"]["plain"]["first_step_loss"]
+            difference = abs(result["first_step_loss"] - reference)
+            allowed = tolerance["loss"] * max(abs(reference), 1e-12)
+            if loss_rounding:
+                allowed = max(allowed, 4 * loss_rounding["plain_vs_float64"])
+            result["check"] = {"first_step_loss_relative_difference": difference / max(abs(reference), 1e-12),
+                               "first_step_loss_difference": difference, "allowed_difference": allowed,
+                               "tolerance": tolerance["loss"], "float_rounding": loss_rounding, "passed": difference <= allowed}
+            result["speedup_over_plain"] = result["slices_per_second"] / record["training"]["plain"]["slices_per_second"]
+            result["median_speedup_over_plain"] = (record["training"]["plain"]["seconds_per_step"]["median"]
+                                                   / result["seconds_per_step"]["median"])
+    return record
+
+
+def interleaved_phases(specs: dict[str, dict], repeats_key: str, repeats: int, isolate: bool, label: str) -> dict[str, dict]:
+    """Runs each variant's phase ``repeats`` times, alternating variants (A B A B ...), and merges.
+
+    On a shared machine the load changes within minutes; alternating exposes every variant to
+    the same conditions, so min and median compare like with like. Timings are pooled, the peak
+    memory is the largest seen, and the last run's other fields are kept.
+    """
+    merged: dict[str, dict] = {}
+    for repeat in range(repeats):
+        for variant, spec in specs.items():
+            print(f"  {label} {variant} ({repeat + 1}/{repeats}) ...", flush=True)
+            result = run_phase({**spec, repeats_key: 1}, isolate)
+            if variant not in merged:
+                merged[variant] = result
+                continue
+            previous = merged[variant]
+            for key in ("seconds_per_volume", "seconds_per_step"):
+                if key in result:
+                    result[key] = summarize_times(previous[key]["all"] + result[key]["all"])
+            result["peak_memory_mb"] = max(previous["peak_memory_mb"] or 0, result["peak_memory_mb"] or 0)
+            for key in ("first_step_loss", "matmul_gflops_in_phase"):
+                if key in previous and key in result:
+                    result[key] = previous[key] if key == "first_step_loss" else max(previous[key], result[key])
+            merged[variant] = result
+    for result in merged.values():
+        if "seconds_per_step" in result:
+            result["slices_per_second"] = result["batch_size"] / result["seconds_per_step"]["min"]
+    return merged
+
+
+def format_table(results: dict) -> str:
+    """The human-readable summary printed at the end."""
+    lines = [
+        f"machine: {results['machine']['cpu']} ({results['machine']['cpu_cores']} cores)"
+        + (f", GPU {results['machine']['gpu']}" if "gpu" in results["machine"] else "")
+        + f"; fp32 matmul {results['matmul_gflops']:.0f} GFLOP/s"
+        + (f", bf16 {results['matmul_gflops_bf16']:.0f}" if results.get("matmul_gflops_bf16") else "")
+        + f"; volume {results['shape']}, load average at start {results['machine']['load_average'][0]:.1f}"
+        + ", at end " + f"{results['machine'].get('load_average_at_end', [float('nan')])[0]:.1f}"
+        + "; times: best of the interleaved repeats (median in brackets); %mm against the best matmul rate seen",
+        f"{'model':8} {'params':>10} {'GFLOP/sl':>8} | {'infer plain s/vol':>17} {'fast s/vol':>10} {'x':>5} {'GFLOP/s':>8} {'%mm':>4} {'skip':>4}"
+        f" | {'train plain sl/s':>16} {'opt sl/s':>8} {'x':>5} | {'peak MB inf p/f':>15} {'train p/o':>11} | check",
+    ]
+    for record in results["models"]:
+        inference, training = record["inference"], record["training"]
+        plain, fast = inference["plain"], inference["fast"]
+        train_plain, train_opt = training["plain"], training["channels_last"]
+        checks = [v["check"] for v in list(inference.values()) + list(training.values()) if "check" in v]
+        status = "PASS" if all(c["passed"] for c in checks) else "FAIL"
+        lines.append(
+            f"{record['model']:8} {record['parameters']:>10,} {record['gflop_per_slice']:>8.2f} | "
+            f"{plain['seconds_per_volume']['min']:>8.2f} ({plain['seconds_per_volume']['median']:>6.2f}) "
+            f"{fast['seconds_per_volume']['min']:>10.2f} {fast['speedup_over_plain']:>5.2f} {fast['achieved_gflops']:>8.1f} "
+            f"{100 * fast['fraction_of_matmul']:>4.0f} {fast['slices_skipped']:>4} | "
+            f"{train_plain['slices_per_second']:>16.2f} {train_opt['slices_per_second']:>8.2f} {train_opt['speedup_over_plain']:>5.2f} | "
+            f"{plain['peak_memory_mb']:>7.0f}/{fast['peak_memory_mb']:<7.0f} {train_plain['peak_memory_mb']:>5.0f}/{train_opt['peak_memory_mb']:<5.0f} | "
+            f"{status} max|dp|={fast['check']['max_abs_difference']:.1e}"
+        )
+        for variant, values in list(inference.items()) + list(training.items()):
+            if "compile" in variant:
+                value = values["seconds_per_volume"]["min"] if "seconds_per_volume" in values else values["slices_per_second"]
+                lines.append(f"{'':8} {variant}: {value:.2f} ({'s/vol' if 'seconds_per_volume' in values else 'sl/s'}), "
+                             f"x{values['speedup_over_plain']:.2f}, compile+warm-up "
+                             f"{values.get('prepare_and_warmup_seconds', values.get('warmup_seconds', 0)):.0f} s")
+        for group in ("inference", "training"):
+            for variant, values in record[group].items():
+                check = values.get("check")
+                if check and not check["passed"]:
+                    if "first_step_loss_difference" in check:
+                        detail = (f"first-step loss differs by {check['first_step_loss_difference']:.2e} "
+                                  f"(allowed {check['allowed_difference']:.2e})")
+                    else:
+                        detail = (f"max abs difference {check['max_abs_difference']:.2e} (allowed {check['allowed_difference']:.2e}), "
+                                  f"{check['mask_voxels_different_on_skipped_slices']} mask voxels differ on skipped slices")
+                    lines.append(f"{'':8} FAIL {group} {variant}: {detail}")
+        if fast["skip_disabled"]:
+            lines.append(f"{'':8} skipping disabled: {fast['skip_disabled']}")
+    for name, reason in results["skipped_models"].items():
+        lines.append(f"{name:8} skipped (does not import): {reason}")
+    for name, reason in results["failed_models"].items():
+        lines.append(f"{name:8} FAILED: {reason.splitlines()[-1] if reason else ''}")
+    for result in results["data_loading"]:
+        lines.append(f"data loading ({result['n_workers']} workers, augmentation p={result['augmentation_probability']}): "
+                     f"{result['slices_per_second']:.1f} slices/s, peak {result['peak_memory_mb']:.0f} MB (main process)")
+    return "\n".join(lines)
+
+
+def write_results(path: str, results: dict) -> None:
+    """Writes the results as JSON (atomically, so a killed run never leaves half a file); no-op without a path."""
+    if not path:
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    temporary.replace(target)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m spinseg.benchmark", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--models", nargs="+", default=None, help="registry names (default: every model that imports)")
+    parser.add_argument("--height", type=int, default=ATLAS_SHAPE[0])
+    parser.add_argument("--width", type=int, default=ATLAS_SHAPE[1])
+    parser.add_argument("--depth", type=int, default=ATLAS_SHAPE[2], help="slices per volume (per-slice figures are also reported)")
+    parser.add_argument("--batch_size", type=int, default=8, help="training batch (full slices)")
+    parser.add_argument("--inference_batch_size", type=int, default=16, help="slices per forward pass of the plain path (evaluate's default)")
+    parser.add_argument("--fast_batch_size", type=int, default=8,
+                        help="slices per forward pass of the optimised path (8: per-slice speed as at 16, about half the peak memory)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed whole-volume inference runs per path")
+    parser.add_argument("--train_repeats", type=int, default=3, help="timed training steps per variant (after one warm-up step)")
+    parser.add_argument("--volumes", type=int, default=4, help="synthetic volumes written (data loading uses all, inference the first)")
+    parser.add_argument("--n_workers", type=int, default=2, help="DataLoader workers for the data loading comparison")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast in every phase (meant for GPUs)")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile variants (slow to compile on CPU)")
+    parser.add_argument("--no_skip_background", action="store_true", help="run every slice in the optimised path too")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH", help="trained weights for a model")
+    parser.add_argument("--isolate", choices=("auto", "yes", "no"), default="auto",
+                        help="each phase in a fresh process (auto: yes on CPU unless --quick; GPUs reset their peak in-process)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_json", default="", help="write all results here")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (32x36x12, batch 2, 1 repeat) for tests")
+    parser.add_argument("--phase", default="", help=argparse.SUPPRESS)  # internal: one phase as JSON
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark; returns 1 when an optimised output disagrees with the plain one."""
+    tune_glibc_malloc()  # as every command of the package does, so both paths run as they would in use
+    args = build_parser().parse_args(argv)
+    if args.phase:
+        spec = json.loads(args.phase)
+        print(PHASE_RESULT_PREFIX + json.dumps(PHASES[spec["kind"]](spec)), flush=True)
+        return 0
+
+    from .engine.runtime import select_device
+    from .models import available_models
+
+    device = select_device(args.device)
+    if device.type == "cuda":
+        # Both paths alike: let cuDNN pick its fastest convolution algorithm per input shape.
+        torch.backends.cudnn.benchmark = True
+    if args.quick:
+        args.height, args.width, args.depth = QUICK_SHAPE
+        args.batch_size, args.inference_batch_size, args.fast_batch_size, args.repeats, args.train_repeats, args.volumes = 2, 4, 4, 1, 1, 2
+    args.checkpoints = {}
+    for item in args.checkpoint:
+        name, _, path = item.partition("=")
+        if not path:
+            raise UserInputError(f"--checkpoint {item!r}: expected MODEL=PATH")
+        args.checkpoints[name] = path
+    isolate = args.isolate == "yes" or (args.isolate == "auto" and device.type == "cpu" and not args.quick)
+    names, skipped_models = importable_models(args.models or available_models())
+    if not names:
+        raise UserInputError("no model to benchmark: " + "; ".join(f"{k}: {v}" for k, v in skipped_models.items()))
+
+    results: dict[str, Any] = {"machine": machine_description(device), "device": str(device), "amp": args.amp,
+                               "shape": [args.height, args.width, args.depth], "isolated_phases": isolate,
+                               "arguments": {k: v for k, v in vars(args).items() if k not in ("phase", "checkpoints")}}
+    print(f"measuring the fp32 matmul rate on {device} ...", flush=True)
+    results["matmul_gflops"] = matmul_gflops(device)
+    if args.amp and device.type == "cuda":
+        results["matmul_gflops_bf16"] = matmul_gflops(device, torch.bfloat16)
+    # Fractions compare like with like: bf16 phases against the bf16 matmul rate.
+    reference_rate = results.get("matmul_gflops_bf16") or results["matmul_gflops"]
+
+    with tempfile.TemporaryDirectory(prefix="spinseg-benchmark-") as directory:
+        workdir = Path(directory)
+        scan_paths, mask_paths = write_synthetic_volumes(workdir, args.volumes, (args.height, args.width, args.depth), args.seed)
+        data = {"scan_paths": scan_paths, "mask_paths": mask_paths}
+        results["models"], results["skipped_models"], results["failed_models"] = [], skipped_models, {}
+        for name in names:
+            print(f"benchmarking {name} ...", flush=True)
+            try:
+                results["models"].append(benchmark_model(name, args, device, data, reference_rate, isolate, workdir))
+                write_results(args.output_json, {**results, "partial": True})  # a run cut short keeps what it measured
+            except Exception as error:  # one broken model must not hide the others' figures, but fails the run
+                results["failed_models"][name] = f"{type(error).__name__}: {str(error)[-1500:]}"
+                print(f"  {name} FAILED: {results['failed_models'][name]}", flush=True)
+        results["data_loading"] = []
+        n_samples = 16 if args.quick else 96
+        for n_workers in sorted({0, args.n_workers}):
+            spec = {"kind": "data", "device": str(device), "scan_paths": scan_paths, "mask_paths": mask_paths, "seed": args.seed,
+                    "batch_size": args.batch_size, "n_workers": n_workers, "n_samples": n_samples, "augmentation_probability": 1.0}
+            print(f"data loading with {n_workers} workers ...", flush=True)
+            results["data_loading"].append(run_phase(spec, isolate))
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
+
+    checks = [v["check"] for record in results["models"] for group in ("inference", "training")
+              for v in record[group].values() if "check" in v]
+    results["passed"] = bool(results["models"]) and not results["failed_models"] and all(check["passed"] for check in checks)
+    print(format_table(results) if results["models"] else "no model finished", flush=True)
+    print("PASS: optimised outputs agree with the plain path" if results["passed"] else "FAIL: see the check columns / JSON", flush=True)
+    if args.output_json:
+        write_results(args.output_json, {**results, "partial": False})
+        print(f"wrote {args.output_json}", flush=True)
+    return 0 if results["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The benchmark command runs end to end (tiny sizes), checks the optimised path and writes its JSON."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spinseg.benchmark import PeakMemory, importable_models, matmul_gflops, write_synthetic_volumes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """``python -m spinseg.benchmark --quick --models spin`` once for the module: (process, JSON)."""
+    output = tmp_path_factory.mktemp("benchmark") / "benchmark.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "spinseg.benchmark", "--quick", "--models", "spin", "--output_json", str(output)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    return completed, json.loads(output.read_text()) if output.is_file() else None
+
+
+def test_quick_benchmark_passes_and_reports_every_figure(quick_run):
+    completed, results = quick_run
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "PASS" in completed.stdout and "spin" in completed.stdout
+    assert results["passed"] is True and results["partial"] is False
+    assert results["matmul_gflops"] > 0 and results["machine"]["cpu_cores"] >= 1
+    (record,) = results["models"]
+    assert record["model"] == "spin" and record["parameters"] == 5_263_808
+    assert record["gflop_per_slice"] > 0
+    for variant in ("plain", "fast"):
+        inference = record["inference"][variant]
+        assert inference["seconds_per_volume"]["min"] > 0 and inference["achieved_gflops"] > 0
+        assert inference["peak_memory_mb"] is not None
+    check = record["inference"]["fast"]["check"]
+    assert check["passed"] and check["max_abs_difference"] <= check["allowed_difference"]
+    for variant in ("plain", "channels_last"):
+        assert record["training"][variant]["slices_per_second"] > 0
+    assert record["training"]["channels_last"]["check"]["passed"]
+    assert {entry["n_workers"] for entry in results["data_loading"]} == {0, 2}
+    assert all(entry["slices_per_second"] > 0 for entry in results["data_loading"])
+
+
+def test_gpu_script_parses_and_its_python_path_runs_on_cpu(tmp_path):
+    for script in ("bash/benchmark.sh", "bash/benchmark_gpu.sh"):
+        assert subprocess.run(["bash", "-n", script], cwd=ROOT).returncode == 0, script
+    completed = subprocess.run(
+        ["bash", "bash/benchmark_gpu.sh", "--device", "cpu", "--quick", "--models", "spin"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OUT": str(tmp_path)},
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads((tmp_path / "benchmark_gpu.json").read_text())
+    assert results["amp"] is True and results["passed"] is True and results["device"] == "cpu"
+
+
+def test_unknown_model_is_skipped_with_a_note():
+    usable, skipped = importable_models(["spin", "no_such_model"])
+    assert usable == ["spin"] and "no_such_model" in skipped
+
+
+def test_peak_memory_sees_a_large_allocation():
+    with PeakMemory(torch.device("cpu")) as memory:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        del block
+    assert memory.megabytes >= 48
+
+
+def test_matmul_rate_is_positive():
+    assert matmul_gflops(torch.device("cpu"), size=256, repeats=2) > 0
+
+
+def test_synthetic_volumes_have_empty_end_slices(tmp_path):
+    scans, masks = write_synthetic_volumes(tmp_path, 1, (20, 24, 30))
+    scan, mask = np.load(scans[0]), np.load(masks[0])
+    per_slice = np.abs(scan).reshape(-1, 30).max(axis=0)
+    assert per_slice[0] == 0 and per_slice[-1] == 0 and per_slice[15] > 0
+    assert mask.sum() > 0 and mask.dtype == np.uint8

@@ -1,0 +1,170 @@
+"""The optimised inference path gives the plain path's probabilities (and masks where it skips)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spinseg.data.transforms import Normalization
+from spinseg.engine.trainer import parse_model_config
+from spinseg.fast_inference import (
+    background_windows,
+    fuse_conv_batch_norm,
+    predict_volume_fast,
+    prepare_inference_model,
+    to_channels_last,
+)
+from spinseg.inference import predict_volume
+from spinseg.models import build_model
+from spinseg.models.blocks import Conv2dBlock
+from spinseg.models.layers_extra import ConvNormActivation
+
+from helpers import SMALL_SPIN_CONFIG
+
+NORMALIZATION = Normalization()  # ATLAS mean/std: padding (the mean) is not background (0)
+
+
+def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Gives every batch norm non-trivial statistics and affine weights (defaults would fold to ~identity)."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            size = module.num_features
+            module.running_mean.copy_(torch.rand(size, generator=generator) * 2 - 1)
+            module.running_var.copy_(torch.rand(size, generator=generator) * 1.5 + 0.5)
+            module.weight.data.copy_(torch.rand(size, generator=generator) * 4 - 2)  # negative scales too
+            module.bias.data.copy_(torch.rand(size, generator=generator) * 2 - 1)
+    return model.eval()
+
+
+def small_spin(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return randomize_batch_norms(build_model("spin", **parse_model_config(SMALL_SPIN_CONFIG)), seed)
+
+
+def brain_volume(shape=(40, 44, 16), first=5, last=11, seed=0) -> np.ndarray:
+    """(H, W, D) raw volume: exact-zero background, noisy tissue in slices first..last-1 only."""
+    rng = np.random.default_rng(seed)
+    volume = np.zeros(shape, dtype=np.float32)
+    volume[6:-6, 5:-5, first:last] = rng.normal(60.0, 15.0, (shape[0] - 12, shape[1] - 10, last - first)).clip(1, None)
+    return volume
+
+
+class ShiftedLogits(nn.Module):
+    """Wraps a model and adds a constant to its logits: lets a test fix the background probability."""
+
+    def __init__(self, model: nn.Module, shift: float):
+        super().__init__()
+        self.model, self.shift = model, shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) + self.shift
+
+
+def test_fused_model_matches_batch_norm_model_and_leaves_it_untouched():
+    model = small_spin()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    fused = fuse_conv_batch_norm(model)
+    x = torch.randn(3, 5, 45, 53)
+    with torch.no_grad():
+        expected, actual = model(x), fused(x)
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+    blocks = [m for m in fused.modules() if isinstance(m, Conv2dBlock)]
+    assert blocks and all(block.batch_norm is None for block in blocks)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    # The original keeps its batch norms and weights.
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_conv_norm_activation_blocks_fuse_including_3d_and_even_kernels():
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        ConvNormActivation(2, 6, 3, 1, 1, "relu", True, dimensions=3),
+    )
+    model_2d = nn.Sequential(ConvNormActivation(3, 4, 2, 1, 1, "relu", True), ConvNormActivation(4, 5, 3, 2, 2, "relu", True))
+    for network, shape in ((model, (2, 2, 5, 9, 7)), (model_2d, (2, 3, 11, 13))):
+        randomize_batch_norms(network)
+        fused = fuse_conv_batch_norm(network)
+        x = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), network(x), atol=1e-5, rtol=1e-5)
+        assert all(block.batch_norm is None for block in fused.modules() if isinstance(block, ConvNormActivation))
+
+
+def test_blocks_that_resample_between_conv_and_batch_norm_are_not_fused():
+    kiunet = pytest.importorskip("spinseg.models.kiunet")
+    block = randomize_batch_norms(kiunet.ConvResampleBlock(3, 4, "down", "relu", True))
+    fused = fuse_conv_batch_norm(block)
+    assert fused.batch_norm is not None  # max-pooling between them does not commute with a negative scale
+    x = torch.randn(2, 3, 8, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), block(x))
+
+
+def test_channels_last_conversion_keeps_3d_weights_and_parameter_identity():
+    model = nn.Sequential(nn.Conv3d(1, 2, 3), nn.Conv2d(2, 3, 3))
+    parameters = list(model.parameters())
+    to_channels_last(model)
+    assert [id(p) for p in model.parameters()] == [id(p) for p in parameters]
+    assert model[1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model[0].weight.dim() == 5
+
+
+def test_background_windows_respect_padding():
+    volume = brain_volume()  # tissue in slices 5..10 of 16
+    windows = background_windows(volume, 5, NORMALIZATION.pad_value(), 0.0)
+    # Windows reaching past either end hold padding (the mean), which is not background.
+    assert np.flatnonzero(windows).tolist() == [2, 13]
+    windows_zero_padding = background_windows(volume, 5, 0.0, 0.0)
+    assert np.flatnonzero(windows_zero_padding).tolist() == [0, 1, 2, 13, 14, 15]
+    assert np.flatnonzero(background_windows(volume, 1, 30.0, 0.0)).tolist() == [0, 1, 2, 3, 4, 11, 12, 13, 14, 15]
+
+
+@pytest.mark.parametrize("test_time_flip", [False, True])
+def test_fast_path_without_skipping_equals_plain_path(test_time_flip):
+    model = small_spin()
+    volume = brain_volume()
+    expected = predict_volume(model, volume, 5, NORMALIZATION, batch_size=4, test_time_flip=test_time_flip)
+    prepared = prepare_inference_model(model)
+    actual, info = predict_volume_fast(prepared, volume, 5, NORMALIZATION, batch_size=6, skip_background=False,
+                                       test_time_flip=test_time_flip)
+    assert actual.shape == volume.shape and actual.dtype == np.float32 and actual.flags.c_contiguous
+    assert np.abs(actual - expected).max() <= 1e-4
+    assert info["slices_skipped"] == 0 and info["slices_run"] == volume.shape[-1]
+
+
+def test_skipping_background_keeps_the_mask_and_the_other_slices():
+    # A strongly negative shift makes the background probability ~0, as for a trained network.
+    model = ShiftedLogits(small_spin(), -20.0).eval()
+    volume = brain_volume()
+    expected = predict_volume(model, volume, 5, NORMALIZATION, batch_size=4)
+    actual, info = predict_volume_fast(prepare_inference_model(model), volume, 5, NORMALIZATION, batch_size=4)
+    skipped = background_windows(volume, 5, NORMALIZATION.pad_value(), 0.0)
+    assert info["slices_skipped"] == int(skipped.sum()) == 2
+    assert info["slices_run"] == volume.shape[-1] - 2 and not info["skip_disabled"]
+    assert info["background_max_probability"] < 0.5
+    assert np.all(actual[..., skipped] == 0)
+    assert np.abs(actual[..., ~skipped] - expected[..., ~skipped]).max() <= 1e-4
+    np.testing.assert_array_equal(actual > 0.5, expected > 0.5)
+
+
+def test_skipping_turns_itself_off_when_background_would_be_segmented():
+    model = ShiftedLogits(small_spin(), 20.0).eval()  # background probability ~1
+    volume = brain_volume()
+    expected = predict_volume(model, volume, 5, NORMALIZATION, batch_size=4)
+    actual, info = predict_volume_fast(prepare_inference_model(model), volume, 5, NORMALIZATION, batch_size=4)
+    assert info["slices_skipped"] == 0 and "would change the mask" in info["skip_disabled"]
+    assert np.abs(actual - expected).max() <= 1e-4
+    np.testing.assert_array_equal(actual > 0.5, expected > 0.5)
+
+
+def test_prepare_inference_model_can_compile_lazily():
+    # torch.compile only wraps here; compiling happens at the first call, which this test skips
+    # (minutes on a CPU). The wrapper keeps the attributes callers read.
+    model = small_spin()
+    model.model_name = "spin"
+    compiled = prepare_inference_model(model, compile=True)
+    assert compiled.in_channels == 5 and compiled.model_name == "spin"
