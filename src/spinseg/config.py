@@ -95,7 +95,10 @@ class EvaluateConfig:
     save_prediction_nifti: bool = False
     reference_nifti: str = ""
     test_time_flip: bool = False
-    batch_size: int = 16
+    # The optimised path (batch norm folded into convolutions, channels-last, all-background slices
+    # skipped) gives the same masks as the plain one (docs/performance.md); --plain_inference for the latter.
+    plain_inference: bool = False
+    batch_size: int = 8
     device: str = "auto"
     n_thread: int = 0
     amp: bool = False

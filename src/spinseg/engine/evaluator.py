@@ -16,6 +16,7 @@ from ..data.transforms import Normalization
 from ..data.volumes import check_same_shape, load_volume, read_paired_lists
 from ..errors import UserInputError, fail
 from ..fileio import write_json, write_text
+from ..fast_inference import predict_volume_fast, prepare_inference_model
 from ..inference import predict_volume
 from ..metrics import pooled_release_metrics
 from ..visualize import save_overlay_montage, save_slice_panel
@@ -73,6 +74,8 @@ def evaluate(config: EvaluateConfig) -> dict:
         return evaluate_images(config, model, normalization, device, scan_paths, ground_truth_paths, output, method)
     # Every volume is checked before the first output is written.
     check_volume_pairs(scan_paths, ground_truth_paths)
+    if not config.plain_inference:
+        model = prepare_inference_model(model)
 
     records, montages, small_gts, small_preds = [], {}, [], []
     started = time.time()
@@ -82,9 +85,7 @@ def evaluate(config: EvaluateConfig) -> dict:
         scan, ground_truth = load_volume(scan_path), load_volume(ground_truth_path)
         check_same_shape(scan, scan_path, ground_truth, ground_truth_path)
         ground_truth = np.asarray(ground_truth) > 0
-        probabilities = predict_volume(
-            model, scan, config.n_chunk, normalization, config.batch_size, device, config.test_time_flip, config.amp
-        )
+        probabilities = volume_probabilities(model, scan, config, normalization, device)
         prediction = probabilities > 0.5
         subject = subject_id_from_path(scan_path)
         record = reporting.subject_record(subject, ground_truth, prediction, config.voxel_volume_ml)
@@ -143,6 +144,16 @@ def evaluate(config: EvaluateConfig) -> dict:
     )
     print(f"wrote {output / 'results.txt'}, {report_path}, per-subject CSV/JSON and plots in {output}", flush=True)
     return {"table2": table2, "table3": table3, "records": records, "output_path": str(output), "seconds": seconds}
+
+
+def volume_probabilities(model, scan: np.ndarray, config: EvaluateConfig, normalization, device) -> np.ndarray:
+    """Lesion probabilities (H, W, D) of one volume by the optimised path, or the plain one if asked."""
+    if config.plain_inference:
+        return predict_volume(model, scan, config.n_chunk, normalization, config.batch_size, device,
+                              config.test_time_flip, config.amp)
+    probabilities, _ = predict_volume_fast(model, scan, config.n_chunk, normalization, config.batch_size, device,
+                                           amp=config.amp, test_time_flip=config.test_time_flip)
+    return probabilities
 
 
 def read_small_lesion_slices(path: str, n_subjects: int) -> list[np.ndarray]:

@@ -26,7 +26,7 @@ from ..data.transforms import AugmentationConfig, Normalization
 from ..data.volumes import check_same_shape, load_volume, read_paired_lists
 from ..errors import UserInputError, fail
 from ..fileio import write_json
-from ..inference import predict_volume
+from ..fast_inference import predict_volume_fast, prepare_inference_model, to_channels_last
 from ..metrics import mean_over_subjects, release_metrics
 from ..models import build_model
 from .runtime import DistributedContext, init_distributed, rng_state, seed_everything, select_device, set_rng_state
@@ -180,6 +180,8 @@ def check_resume_config(path: Path, saved: dict, config: TrainConfig) -> None:
 def validate(model, scan_paths, ground_truth_paths, config: TrainConfig, normalization, device) -> dict:
     """Release metrics per validation subject (3-D volume, or 2-D RGB image), averaged over subjects."""
     records = []
+    # A fused, channels-last copy for speed; the training model itself is left as it is.
+    inference_model = prepare_inference_model(model)
     for scan_path, ground_truth_path in zip(scan_paths, ground_truth_paths):
         if is_rgb_image_file(scan_path):
             mask = np.asarray(load_mask(ground_truth_path))
@@ -188,7 +190,8 @@ def validate(model, scan_paths, ground_truth_paths, config: TrainConfig, normali
         else:
             scan, mask = load_volume(scan_path), load_volume(ground_truth_path)
             check_same_shape(scan, scan_path, mask, ground_truth_path)
-            probabilities = predict_volume(model, scan, config.n_chunk, normalization, config.val_batch_size, device, amp=config.amp)
+            probabilities, _ = predict_volume_fast(inference_model, scan, config.n_chunk, normalization,
+                                                   config.val_batch_size, device, amp=config.amp)
         records.append(release_metrics(np.asarray(mask) > 0, probabilities > 0.5))
     return mean_over_subjects(records)
 
@@ -263,7 +266,7 @@ def train(config: TrainConfig) -> dict:
 
     model.to(device)
     if config.channels_last:
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)  # also handles D-UNet's 3-D weights
     # Weights + Adam's two moments (+ buffers, small): roughly what one checkpoint takes on disk.
     checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     if context.is_main:
