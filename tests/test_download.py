@@ -60,6 +60,7 @@ def test_offline_fails_fast_with_the_manual_link(tmp_path):
 def test_probe_that_never_answers_is_bounded(monkeypatch):
     def hang(*args, **kwargs):
         time.sleep(30)
+        raise OSError("timed out")  # like a real connect that finally gives up
 
     monkeypatch.setattr(download.socket, "create_connection", hang)
     started = time.monotonic()
