@@ -287,6 +287,24 @@ def write_prepared_dataset(
     return {"counts": counts, "statistics": statistics, "lists": [str(path) for path in list_files]}
 
 
+def write_traintest_dataset(
+    pairs, output_dir, lists_dir, train_list_dir: Path, test_list_dir: Path, target_size
+) -> dict:
+    """:func:`write_prepared_dataset` with the release's list names under ``lists_dir``.
+
+    Train lists: ``<train_list_dir>/train_{images,ground_truths}.txt``; test lists:
+    ``<test_list_dir>/test_{images,ground_truths,original_ground_truths}.txt``.
+    """
+    train, test = Path(lists_dir) / train_list_dir, Path(lists_dir) / test_list_dir
+    return write_prepared_dataset(
+        pairs,
+        output_dir,
+        train_lists=(train / "train_images.txt", train / "train_ground_truths.txt"),
+        test_lists=(test / "test_images.txt", test / "test_ground_truths.txt", test / "test_original_ground_truths.txt"),
+        target_size=target_size,
+    )
+
+
 def read_statistics(path: str | os.PathLike) -> dict:
     """Reads a ``statistics.json`` written by the setup scripts."""
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import fail
-from .images_2d import RawPair, parse_target_size, read_colour_foreground, write_prepared_dataset
+from .images_2d import RawPair, parse_target_size, read_colour_foreground, write_traintest_dataset
 
 DEFAULT_RITE_DIR = "data/AV_groundTruth"
 DEFAULT_OUTPUT_DIR = "data/rite_spin"
@@ -97,21 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_main(argv: list[str] | None = None) -> dict:
-    """Runs the RITE set-up; returns the summary of :func:`write_prepared_dataset`."""
+    """Runs the RITE set-up; returns the summary of :func:`write_traintest_dataset`."""
     arguments = build_parser().parse_args(argv)
     target_size = parse_target_size(arguments.n_height, arguments.n_width)
     directory = resolve_rite_dir(arguments.rite_dir)
     pairs = discover_rite(directory)
     print(f"reading RITE from {directory}", flush=True)
-    lists_dir = Path(arguments.lists_dir)
-    return write_prepared_dataset(
-        pairs,
-        arguments.output_dir,
-        train_lists=(lists_dir / TRAIN_LIST_DIR / "train_images.txt", lists_dir / TRAIN_LIST_DIR / "train_ground_truths.txt"),
-        test_lists=(
-            lists_dir / TEST_LIST_DIR / "test_images.txt",
-            lists_dir / TEST_LIST_DIR / "test_ground_truths.txt",
-            lists_dir / TEST_LIST_DIR / "test_original_ground_truths.txt",
-        ),
-        target_size=target_size,
-    )
+    return write_traintest_dataset(pairs, arguments.output_dir, arguments.lists_dir, TRAIN_LIST_DIR, TEST_LIST_DIR, target_size)
