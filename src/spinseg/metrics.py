@@ -497,11 +497,10 @@ def small_lesion_slice_indices(gt, max_pixels: int = SMALL_LESION_MAX_PIXELS) ->
     gt = _as_binary(gt, "gt")
     if gt.ndim != 3:
         raise ValueError(f"expected a 3-D volume (H, W, D), got shape {gt.shape}")
-    _, sizes, slice_of_label = _slicewise_components(gt)
-    sizes, slice_of_label = sizes[1:], slice_of_label[1:]
-    with_lesion = np.unique(slice_of_label)
-    with_large = np.unique(slice_of_label[sizes > max_pixels])
-    return np.setdiff1d(with_lesion, with_large)
+    # One definition of the subset for setup and scoring (spinseg.data.small_lesion, numpy/scipy only).
+    from .data.small_lesion import small_lesion_slices
+
+    return small_lesion_slices(gt, max_pixels)
 
 
 def small_lesion_counts(gt, pred, max_pixels: int = SMALL_LESION_MAX_PIXELS) -> SmallLesionCounts:
