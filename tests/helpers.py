@@ -1,9 +1,11 @@
 """Small prepared data sets for tests: dark cubic lesions in bright noisy volumes, as .npy + lists."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
+import torch
 
 SMALL_SPIN_CONFIG = str(Path(__file__).parent / "fixtures" / "spin_small_config.json")
 
@@ -33,3 +35,23 @@ def write_volume_set(directory: Path, n_subjects: int, shape=(32, 36, 12), seed:
     scans_list.write_text("\n".join(scans) + "\n")
     masks_list.write_text("\n".join(masks) + "\n")
     return scans_list, masks_list
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters of ``model`` (trainable or not)."""
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def documented_parameter_count(cls: type) -> int:
+    """The count a model class states in its docstring ("Parameters at defaults: N")."""
+    match = re.search(r"Parameters at defaults: ([\d,]+)", cls.__doc__)
+    assert match, f"{cls.__name__} docstring must state its parameter count"
+    return int(match.group(1).replace(",", ""))
+
+
+def assert_finite_gradients(model: torch.nn.Module) -> None:
+    """Every trainable parameter got a finite gradient."""
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            assert parameter.grad is not None, f"{name} got no gradient"
+            assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"

@@ -1,12 +1,12 @@
 """D-UNet and CLCI-Net baselines: construction, any-size forward/backward, a short overfit, bad configs."""
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch
 
 from spinseg.errors import UserInputError
+from helpers import assert_finite_gradients, count_parameters, documented_parameter_count
 from spinseg.models import build_model
 from spinseg.models.clcinet import CLCINet
 from spinseg.models.dunet import DUNet
@@ -14,23 +14,6 @@ from spinseg.models.layers_extra import ConvLSTM2d, ConvNormActivation, crop_to_
 
 DEFAULT_INPUT_CHANNELS = {"dunet": 4, "clcinet": 1}
 MODEL_CLASSES = {"dunet": DUNet, "clcinet": CLCINet}
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
-def documented_parameter_count(cls: type) -> int:
-    match = re.search(r"Parameters at defaults: ([\d,]+)", cls.__doc__)
-    assert match, f"{cls.__name__} docstring must state its parameter count"
-    return int(match.group(1).replace(",", ""))
-
-
-def assert_finite_gradients(model: torch.nn.Module) -> None:
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            assert parameter.grad is not None, f"{name} got no gradient"
-            assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"
 
 
 @pytest.mark.parametrize("name", ["dunet", "clcinet"])

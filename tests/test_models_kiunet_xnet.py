@@ -6,36 +6,19 @@ resolution); its backward pass is checked at 45 x 53.
 """
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from spinseg.errors import UserInputError
+from helpers import assert_finite_gradients, count_parameters, documented_parameter_count
 from spinseg.models import build_model
 from spinseg.models.kiunet import CrossResidualFusionBlock, KiUNet
 from spinseg.models.xnet import FeatureSimilarityModule, XBlock, XNet
 
 MODEL_CLASSES = {"kiunet": KiUNet, "xnet": XNet}
 NAMES = list(MODEL_CLASSES)
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
-def documented_parameter_count(cls: type) -> int:
-    match = re.search(r"Parameters at defaults: ([\d,]+)", cls.__doc__)
-    assert match, f"{cls.__name__} docstring must state its parameter count"
-    return int(match.group(1).replace(",", ""))
-
-
-def assert_finite_gradients(model: torch.nn.Module) -> None:
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            assert parameter.grad is not None, f"{name} got no gradient"
-            assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"
 
 
 @pytest.mark.parametrize("name", NAMES)
