@@ -20,7 +20,7 @@ from spinseg.config import TrainConfig, schedule_value
 from spinseg.data.slices import SliceTrainingDataset
 from spinseg.data.transforms import AugmentationConfig, Normalization
 from spinseg.data.volumes import read_paired_lists
-from spinseg.engine.runtime import init_distributed, seed_everything, select_device
+from spinseg.engine.runtime import init_distributed, seed_everything, select_device, shutdown_distributed
 from spinseg.engine.trainer import ResumableDistributedSampler, model_input_config, parse_model_config
 from spinseg.models import build_model
 
@@ -94,7 +94,8 @@ def main() -> None:
     if context.is_main:
         torch.save(torch.stack(gathered), output / "gathered.pt")
     dist.barrier()
-    dist.destroy_process_group()
+    del train_model, loader  # as the trainer's return drops them: then leave the group cleanly
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

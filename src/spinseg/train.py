@@ -22,10 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parses flags and trains; bad input ends with one line and exit code 2."""
     tune_glibc_malloc()
+    from .engine.runtime import shutdown_distributed
     from .engine.trainer import train
 
     config = config_from_namespace(TrainConfig, parse_with_recipe(build_parser(), argv, train_defaults))
-    train(config)
+    try:
+        train(config)
+    finally:
+        shutdown_distributed()  # under torchrun: leave the process group cleanly, also after an error
     return 0
 
 

@@ -1,6 +1,7 @@
 """Device choice, seeding, determinism and distributed (torchrun) set-up."""
 from __future__ import annotations
 
+import gc
 import os
 import random
 from dataclasses import dataclass
@@ -95,3 +96,17 @@ def init_distributed(device_name: str) -> DistributedContext:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+def shutdown_distributed() -> None:
+    """Leaves the process group, if any, before the interpreter shuts down.
+
+    The DistributedDataParallel wrapper sits in reference cycles, so it can outlive the training
+    function; if it (and the gloo work it holds) is torn down during interpreter finalisation the
+    process aborts ("terminate called without an active exception") after training succeeded.
+    Collecting it first and then destroying the group makes the exit clean. Call once per process,
+    after every object that wraps the model has been dropped.
+    """
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
