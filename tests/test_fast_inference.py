@@ -1,6 +1,8 @@
 """The optimised inference path gives the plain path's probabilities (and masks where it skips)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,15 +11,20 @@ from torch import nn
 from spinseg.data.transforms import Normalization
 from spinseg.engine.trainer import parse_model_config
 from spinseg.fast_inference import (
+    FusedConvolutionActivation,
     background_windows,
+    fold_space_to_depth,
     fuse_conv_batch_norm,
+    fuse_convolution_activations,
+    onednn_fusion_available,
     predict_volume_fast,
     prepare_inference_model,
+    space_to_depth_convolution,
     to_channels_last,
 )
 from spinseg.inference import predict_volume
 from spinseg.models import build_model
-from spinseg.models.blocks import Conv2dBlock
+from spinseg.models.blocks import Conv2dBlock, space_to_depth
 from spinseg.models.layers_extra import ConvNormActivation
 
 from helpers import SMALL_SPIN_CONFIG
@@ -111,6 +118,60 @@ def test_channels_last_conversion_keeps_3d_weights_and_parameter_identity():
     assert [id(p) for p in model.parameters()] == [id(p) for p in parameters]
     assert model[1].weight.is_contiguous(memory_format=torch.channels_last)
     assert model[0].weight.dim() == 5
+
+
+@pytest.mark.parametrize("block_size,kernel_size", [(2, 3), (2, 1), (4, 3), (2, 5)])
+def test_space_to_depth_then_convolution_equals_one_strided_convolution(block_size, kernel_size):
+    torch.manual_seed(block_size * 10 + kernel_size)
+    convolution = nn.Conv2d(3 * block_size**2, 4, kernel_size, padding=kernel_size // 2).double()
+    x = torch.randn(2, 3, 6 * block_size, 7 * block_size, dtype=torch.float64)
+    folded = space_to_depth_convolution(convolution, block_size)
+    assert folded.stride == (block_size, block_size) and folded.kernel_size == (block_size * kernel_size,) * 2
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), convolution(space_to_depth(x, block_size)), atol=1e-12, rtol=1e-12)
+
+
+def test_preparing_a_model_leaves_the_global_random_state_alone():
+    """The trainer prepares a copy for every validation; a resumed run must draw the same random numbers."""
+    model = small_spin(seed=5)
+    before = torch.get_rng_state()
+    prepare_inference_model(model)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_space_to_depth_cannot_be_folded_into_a_strided_convolution():
+    with pytest.raises(ValueError, match="cannot fold"):
+        space_to_depth_convolution(nn.Conv2d(8, 4, 3, stride=2, padding=1), 2)
+
+
+def test_folding_space_to_depth_in_spin_keeps_its_output():
+    fused = fuse_conv_batch_norm(small_spin(seed=3)).double()  # the space-to-depth fold needs batch norms folded
+    folded = fold_space_to_depth(copy.deepcopy(fused))
+    assert all(size == 1 for size in folded.subpixel_guidance.input_block_sizes)
+    assert 2 in fused.subpixel_guidance.input_block_sizes  # the copy was not touched
+    assert folded.decoder_segmentation.learnable_downsampler.feature_block_size == 1
+    x = torch.randn(2, 5, 33, 38, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), fused(x), atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.skipif(not onednn_fusion_available(), reason="this torch build has no oneDNN fused convolution")
+@pytest.mark.parametrize("activation", ["leaky_relu", "relu", None])
+def test_fused_convolution_activation_equals_convolution_then_activation(activation):
+    torch.manual_seed(4)
+    blocks = nn.Sequential(Conv2dBlock(3, 6, 3, 1, activation), Conv2dBlock(6, 5, 1, 2, activation),
+                           ConvNormActivation(5, 4, 2, 1, 1, activation, use_batch_norm=False)).eval()
+    fused = fuse_convolution_activations(copy.deepcopy(blocks))
+    assert all(isinstance(child, FusedConvolutionActivation) for child in fused)
+    x = torch.randn(2, 3, 17, 20)
+    with torch.inference_mode():
+        expected = blocks(x)
+        torch.testing.assert_close(fused(x), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fused(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5, rtol=1e-5)
+    # With gradients on (or on a GPU / under autocast) it runs the plain modules, which autograd knows.
+    y = fused(x.requires_grad_())
+    y.sum().backward()
+    assert x.grad is not None and torch.allclose(y.detach(), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_background_windows_respect_padding():

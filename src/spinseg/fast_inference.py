@@ -6,6 +6,12 @@ Levers, each measured by ``python -m spinseg.benchmark`` (see docs/performance.m
   removes one full read and write of every feature map;
 * channels-last (NHWC) weights and inputs, the layout oneDNN (CPU) and cuDNN (GPU) convolutions
   prefer; on a 2-core CPU this is the largest single win;
+* a space-to-depth followed by a k x k convolution becomes one convolution with an (r*k) x (r*k)
+  kernel and stride r on the original map (:func:`fold_space_to_depth`): the same products, without
+  writing the rearranged copy (SPiN's subpixel guidance and learnable downsampler);
+* on the CPU, each 2-D convolution and the activation after it run as one oneDNN call with the
+  activation as a post-op (:func:`fuse_convolution_activations`), so an activation no longer reads
+  and writes every feature map again (SPiN's 2H x 2W maps are ~94 MB a batch of 8);
 * slices whose whole ``n_chunk`` input window is background are not run through the network
   (``skip_background``), with a check that this cannot change the thresholded mask;
 * optional ``torch.compile`` and bf16 autocast (``amp``, meant for GPUs).
@@ -20,12 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .data.transforms import Normalization
 from .data.volumes import stack_slices
 from .models.blocks import Conv2dBlock
 from .models.layers_extra import ConvNormActivation
+from .models.spin import LearnableDownsampler, SubpixelGuidance
 
 # Blocks whose forward is exactly "conv -> batch_norm -> ..." with nothing in between, so the batch
 # norm may be folded into the convolution. Blocks that resample between the two (KiU-Net's
@@ -94,17 +102,147 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
+def space_to_depth_convolution(convolution: nn.Conv2d, block_size: int) -> nn.Conv2d:
+    """The convolution equal to ``convolution(space_to_depth(x, block_size))``, applied to ``x`` itself.
+
+    Space-to-depth puts pixel (i, j) of each r x r block of channel c into channel c*r*r + i*r + j,
+    so tap (dy, dx) of input channel c*r*r + i*r + j reads original row r*(y + dy - p) + i. With
+    u = r*dy + i and v = r*dx + j that is one convolution with kernel K[o, c, u, v] =
+    W[o, c*r*r + i*r + j, dy, dx] of size r*k, stride r and padding r*p: the same products and
+    sums, in another order. Needs stride 1, no dilation or groups, and "same" padding p = k // 2
+    (an (r*H, r*W) input then gives (H, W) exactly as before).
+    """
+    r = block_size
+    kernel_height, kernel_width = convolution.kernel_size
+    if (
+        convolution.stride != (1, 1) or convolution.dilation != (1, 1) or convolution.groups != 1
+        or convolution.padding != (kernel_height // 2, kernel_width // 2) or convolution.padding_mode != "zeros"
+    ):
+        raise ValueError(f"cannot fold space-to-depth into {convolution}")
+    out_channels, in_channels = convolution.out_channels, convolution.in_channels // (r * r)
+    weight = convolution.weight.detach().reshape(out_channels, in_channels, r, r, kernel_height, kernel_width)
+    # (o, c, i, j, dy, dx) -> (o, c, dy, i, dx, j) -> (o, c, r*k_h, r*k_w)
+    weight = weight.permute(0, 1, 4, 2, 5, 3).reshape(out_channels, in_channels, r * kernel_height, r * kernel_width)
+    # skip_init: no random initialisation, so preparing a model never advances torch's global RNG
+    # (the trainer prepares one for every validation, and resumed runs must draw the same numbers).
+    folded = nn.utils.skip_init(nn.Conv2d, in_channels, out_channels, (r * kernel_height, r * kernel_width), stride=r,
+                                padding=(r * (kernel_height // 2), r * (kernel_width // 2)), bias=convolution.bias is not None,
+                                device=weight.device, dtype=weight.dtype)
+    folded.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+    if convolution.bias is not None:
+        folded.bias = nn.Parameter(convolution.bias.detach().clone(), requires_grad=False)
+    return folded
+
+
+def fold_space_to_depth(model: nn.Module) -> nn.Module:
+    """Folds SPiN's space-to-depth steps into the convolutions after them, in place; returns ``model``.
+
+    SubpixelGuidance (resolutions r >= 1) and LearnableDownsampler rearrange a 2H x 2W map into
+    4x the channels at H x W and then convolve; :func:`space_to_depth_convolution` does both in one
+    strided convolution, and the module's block size is set to 1 so it no longer rearranges.
+    The logits' own space-to-depth in the downsampler (one channel) stays.
+    """
+    for module in model.modules():
+        if isinstance(module, SubpixelGuidance):
+            for index, block_size in enumerate(module.input_block_sizes):
+                first = module.conv_modules[index][0] if len(module.conv_modules[index]) else None
+                if block_size > 1 and isinstance(first, Conv2dBlock) and first.batch_norm is None:
+                    first.conv = space_to_depth_convolution(first.conv, block_size)
+                    module.input_block_sizes[index] = 1
+        elif isinstance(module, LearnableDownsampler) and module.feature_block_size > 1:
+            first = module.conv_block[0] if len(module.conv_block) else None
+            if isinstance(first, Conv2dBlock) and first.batch_norm is None:
+                first.conv = space_to_depth_convolution(first.conv, module.feature_block_size)
+                module.feature_block_size = 1
+    return model
+
+
+def onednn_fusion_available() -> bool:
+    """Whether this torch build has oneDNN's fused convolution + post-op kernel (CPU builds on x86 do)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+# Activations oneDNN can apply as a convolution post-op: module type -> (name, scalars from module).
+FUSABLE_ACTIVATIONS = {
+    nn.Identity: lambda module: ("none", []),
+    nn.ReLU: lambda module: ("relu", []),
+    nn.LeakyReLU: lambda module: ("leaky_relu", [module.negative_slope]),
+}
+
+
+class FusedConvolutionActivation(nn.Module):
+    """A bias-carrying 2-D convolution and its activation as one oneDNN call: (B, C_in, H, W) -> (B, C_out, H', W').
+
+    Built from a block whose batch norm is already folded (``conv`` then ``activation``). On a CPU
+    float32 input it calls ``torch.ops.mkldnn._convolution_pointwise`` with the activation as a
+    post-op, the kernel ``torch.compile`` itself uses for this pattern; the result is bit for bit
+    that of the convolution followed by the activation (the post-op is applied to the same fp32
+    accumulator). Anywhere else (a GPU, autocast, another dtype) it runs the two plain modules.
+    """
+
+    def __init__(self, convolution: nn.Conv2d, activation: nn.Module, extra_padding: tuple[int, ...] | None = None):
+        super().__init__()
+        self.conv = convolution
+        self.activation = activation
+        self.extra_padding = extra_padding
+        self.post_op, self.post_op_scalars = FUSABLE_ACTIVATIONS[type(activation)](activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.extra_padding is not None:
+            x = F.pad(x, self.extra_padding)
+        conv = self.conv
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled():
+            return self.activation(conv(x))
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+            self.post_op, self.post_op_scalars, "",
+        )
+
+
+def fuse_convolution_activations(model: nn.Module) -> nn.Module:
+    """Replaces, in place, every batch-norm-free 2-D conv block of ``model`` by a :class:`FusedConvolutionActivation`.
+
+    Covers :data:`FUSABLE_BLOCKS` whose batch norm was folded (or never existed), whose convolution
+    uses zero padding and whose activation is in :data:`FUSABLE_ACTIVATIONS`; everything else is
+    left alone. Returns ``model``. Does nothing when oneDNN fusion is unavailable.
+    """
+    if not onednn_fusion_available():
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if (
+                isinstance(child, FUSABLE_BLOCKS)
+                and getattr(child, "batch_norm", None) is None
+                and isinstance(child.conv, nn.Conv2d)
+                and child.conv.padding_mode == "zeros"
+                and not isinstance(child.conv.padding, str)
+                and type(child.activation) in FUSABLE_ACTIVATIONS
+            ):
+                setattr(parent, name, FusedConvolutionActivation(child.conv, child.activation, getattr(child, "extra_padding", None)))
+    return model
+
+
 def prepare_inference_model(
-    model: nn.Module, channels_last: bool = True, fuse_batch_norm: bool = True, compile: bool = False
+    model: nn.Module,
+    channels_last: bool = True,
+    fuse_batch_norm: bool = True,
+    compile: bool = False,
+    fuse_activations: bool = True,
 ) -> nn.Module:
     """An eval-mode copy of ``model`` ready for :func:`predict_volume_fast` (the input is untouched).
 
     ``channels_last`` stores 4-D weights as NHWC; ``fuse_batch_norm`` folds batch norms
-    (:func:`fuse_conv_batch_norm`); ``compile`` wraps the result in ``torch.compile`` (minutes of
+    (:func:`fuse_conv_batch_norm`); ``fuse_activations`` runs each folded convolution and its
+    activation as one oneDNN call on CPU inputs (:func:`fuse_convolution_activations`; GPU inputs
+    take the plain modules); ``compile`` wraps the result in ``torch.compile`` (minutes of
     compilation on a CPU, and the first call of each new input shape compiles again).
     """
     prepared = fuse_conv_batch_norm(model) if fuse_batch_norm else copy.deepcopy(model).eval()
     prepared.requires_grad_(False)
+    if fuse_batch_norm:  # the first convolutions must be plain (batch norm folded) to take the rearrangement
+        prepared = fold_space_to_depth(prepared)
+    if fuse_activations and not compile:  # inductor does its own fusion from the plain graph
+        prepared = fuse_convolution_activations(prepared)
     if channels_last:
         prepared = to_channels_last(prepared)
     if compile:

@@ -152,6 +152,9 @@ class SubpixelGuidance(nn.Module):
     ):
         super().__init__()
         self.resolutions = list(resolutions)
+        # Space-to-depth factor applied before each module: 2**r, or 1 once the fast inference path
+        # has folded it into the module's first convolution (spinseg.fast_inference).
+        self.input_block_sizes = [2**resolution for resolution in self.resolutions]
         conv_modules = []
         for resolution, filters, n_conv in zip(resolutions, n_filters, n_convolutions):
             in_channels = embedding_channels * 4**resolution
@@ -165,8 +168,8 @@ class SubpixelGuidance(nn.Module):
     def forward(self, embedding: torch.Tensor) -> dict[int, torch.Tensor]:
         """Returns {resolution: (B, n_filters[r], 2H / 2**r, 2W / 2**r)}."""
         return {
-            resolution: module(space_to_depth(embedding, 2**resolution))
-            for resolution, module in zip(self.resolutions, self.conv_modules)
+            resolution: module(space_to_depth(embedding, block_size))
+            for resolution, block_size, module in zip(self.resolutions, self.input_block_sizes, self.conv_modules)
         }
 
 
@@ -215,9 +218,11 @@ class LearnableDownsampler(nn.Module):
             channels = filters
         self.conv_block = nn.Sequential(*layers)
         self.weights = Conv2dBlock(channels, 4, 1, 1, None, False)
+        # 1 once the fast inference path has folded the space-to-depth into conv_block's first convolution.
+        self.feature_block_size = 2
 
     def forward(self, features: torch.Tensor, logits_2x: torch.Tensor) -> torch.Tensor:
-        weights = torch.softmax(self.weights(self.conv_block(space_to_depth(features, 2))), dim=1)
+        weights = torch.softmax(self.weights(self.conv_block(space_to_depth(features, self.feature_block_size))), dim=1)
         return torch.sum(weights * space_to_depth(logits_2x, 2), dim=1, keepdim=True)
 
 
