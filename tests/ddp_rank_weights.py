@@ -22,6 +22,7 @@ from spinseg.data.transforms import AugmentationConfig, Normalization
 from spinseg.data.volumes import read_paired_lists
 from spinseg.engine.runtime import init_distributed, seed_everything, select_device, shutdown_distributed
 from spinseg.engine.trainer import ResumableDistributedSampler, model_input_config, parse_model_config
+from spinseg.fast_training import prepare_training_model
 from spinseg.models import build_model
 
 
@@ -45,6 +46,7 @@ def main() -> None:
     normalization = Normalization(config.dataset_normalization, config.dataset_means, config.dataset_stddevs)
     model_config = model_input_config("spin", config.n_chunk, 1, parse_model_config(args.model_config))
     model = build_model("spin", **model_config).to(device)
+    prepare_training_model(model, device, channels_last=config.channels_last)  # as the trainer does
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rates[0],
                                  weight_decay=config.w_weight_decay)
     train_model = torch.nn.parallel.DistributedDataParallel(model)
@@ -75,7 +77,10 @@ def main() -> None:
         for group in optimizer.param_groups:
             group["lr"] = schedule_value(config.learning_rates, config.learning_schedule, epoch)
         for images, targets in loader:
-            logits = train_model(images.to(device))
+            images = images.to(device)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            logits = train_model(images)
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets.to(device), pos_weight=pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

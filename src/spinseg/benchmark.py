@@ -259,7 +259,7 @@ def build_phase_model(spec: dict) -> tuple[torch.nn.Module, int, Any]:
 
 
 def run_inference_phase(spec: dict) -> dict:
-    """Times whole-volume inference, plain (``variant`` "plain") or optimised ("fast", "fast_compile")."""
+    """Times whole-volume inference, plain ("plain", "plain_default_heap") or optimised ("fast", "fast_compile")."""
     from .data.volumes import load_volume
     from .fast_inference import predict_volume_fast, prepare_inference_model
     from .inference import predict_volume
@@ -271,7 +271,7 @@ def run_inference_phase(spec: dict) -> dict:
     result: dict[str, Any] = {"batch_size": batch_size}
     with PeakMemory(device) as memory:
         start = time.perf_counter()
-        if spec["variant"] == "plain":
+        if spec["variant"].startswith("plain"):
             model.to(device).eval()
             def predict():
                 return predict_volume(model, volume, n_chunk, normalization, batch_size, device, amp=amp), {}
@@ -287,7 +287,7 @@ def run_inference_phase(spec: dict) -> dict:
         warm_batch = np.stack([stack_slices(volume, middle, n_chunk, normalization.pad_value())] * batch_size)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             inputs = normalization(torch.from_numpy(warm_batch)).to(device)
-            if spec["variant"] != "plain":
+            if not spec["variant"].startswith("plain"):
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             model(inputs)
         synchronize(device)
@@ -324,16 +324,16 @@ def run_training_phase(spec: dict) -> dict:
     The first step (same weights, same batch in every variant, dropout off) gives the loss the
     variants are compared on; it is also the warm-up and is timed apart.
     """
-    from .fast_inference import to_channels_last
+    from .fast_training import prepare_training_model
 
     device = torch.device(spec["device"])
     model, n_chunk, normalization = build_phase_model(spec)
     images, targets = training_batch(spec, n_chunk, normalization)
-    channels_last = spec["variant"] != "plain"
+    channels_last = not spec["variant"].startswith("plain")
     model.to(device).train()
     images, targets = images.to(device), targets.to(device)
-    if channels_last:
-        to_channels_last(model)
+    if channels_last:  # the trainer's optimised path (spinseg.fast_training)
+        prepare_training_model(model, device, channels_last=True)
         images = images.contiguous(memory_format=torch.channels_last)
     forward_model = torch.compile(model) if spec["variant"].endswith("compile") else model
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-4)
@@ -401,7 +401,10 @@ def run_phase(spec: dict, isolate: bool) -> dict:
     if not isolate:
         return PHASES[spec["kind"]](spec)
     command = [sys.executable, "-m", "spinseg.benchmark", "--phase", json.dumps(spec)]
-    completed = subprocess.run(command, capture_output=True, text=True)
+    environment = dict(os.environ)
+    if spec.get("default_heap"):  # glibc's own malloc settings, as a script that does not tune them gets
+        environment["SPINSEG_DEFAULT_MALLOC"] = "1"
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment)
     for line in completed.stdout.splitlines():
         if line.startswith(PHASE_RESULT_PREFIX):
             return json.loads(line[len(PHASE_RESULT_PREFIX) :])
@@ -532,11 +535,16 @@ def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_ra
               "batch_size": args.batch_size, "repeats": args.repeats, "seed": args.seed}
     tolerance = TOLERANCE_AMP if args.amp else TOLERANCE_FP32
 
-    inference_variants = ["plain", "fast"] + (["fast_compile"] if args.compile else [])
+    # "plain_default_heap": the plain path in a process that keeps glibc's default malloc settings
+    # (what a script that does not call spinseg.allocator gets); only with isolated CPU phases,
+    # since the heap is set per process.
+    default_heap = ["plain_default_heap"] if isolate and device.type == "cpu" else []
+    inference_variants = ["plain", "fast"] + default_heap + (["fast_compile"] if args.compile else [])
     inference_specs = {
         variant: {**common, "kind": "inference", "variant": variant, "scan_path": data["scan_paths"][0],
                   "output_path": str(workdir / f"{name}_{variant}.npy"), "skip_background": not args.no_skip_background,
-                  "batch_size": args.inference_batch_size if variant == "plain" else args.fast_batch_size}
+                  "batch_size": args.inference_batch_size if variant.startswith("plain") else args.fast_batch_size,
+                  "default_heap": variant.endswith("default_heap")}
         for variant in inference_variants
     }
     record["inference"] = interleaved_phases(inference_specs, "repeats", args.repeats, isolate, f"{name}: inference")
@@ -547,18 +555,25 @@ def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_ra
         result["achieved_gflops"] = result["slices_run"] * record["gflop_per_slice"] / best
         result["fraction_of_matmul"] = result["achieved_gflops"] / best_matmul
         result["seconds_per_slice"] = best / args.depth
-        if variant != "plain":
+        if variant == "plain_default_heap":
+            result["slowdown_against_tuned_heap"] = best / record["inference"]["plain"]["seconds_per_volume"]["min"]
+        elif variant != "plain":
             result["check"] = compare_inference(str(workdir / f"{name}_plain.npy"), inference_specs[variant]["output_path"],
                                                 data["scan_paths"][0], n_chunk, normalization.pad_value(), tolerance["probability"], rounding)
             result["speedup_over_plain"] = record["inference"]["plain"]["seconds_per_volume"]["min"] / best
             result["median_speedup_over_plain"] = record["inference"]["plain"]["seconds_per_volume"]["median"] / result["seconds_per_volume"]["median"]
+            if "plain_default_heap" in record["inference"]:
+                result["speedup_over_plain_default_heap"] = record["inference"]["plain_default_heap"]["seconds_per_volume"]["min"] / best
 
-    training_variants = ["plain", "channels_last"] + (["channels_last_compile"] if args.compile else [])
+    training_variants = ["plain", "channels_last"] + default_heap + (["channels_last_compile"] if args.compile else [])
     training_specs = {variant: {**common, "kind": "training", "variant": variant, "scan_paths": data["scan_paths"],
-                                "mask_paths": data["mask_paths"]} for variant in training_variants}
+                                "mask_paths": data["mask_paths"], "default_heap": variant.endswith("default_heap")}
+                      for variant in training_variants}
     record["training"] = interleaved_phases(training_specs, "repeats", args.train_repeats, isolate, f"{name}: training")
     for variant, result in record["training"].items():
-        if variant != "plain":
+        if variant == "plain_default_heap":
+            result["slowdown_against_tuned_heap"] = record["training"]["plain"]["slices_per_second"] / result["slices_per_second"]
+        elif variant != "plain":
             reference = record["training"]["plain"]["first_step_loss"]
             difference = abs(result["first_step_loss"] - reference)
             allowed = tolerance["loss"] * max(abs(reference), 1e-12)
@@ -570,6 +585,9 @@ def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_ra
             result["speedup_over_plain"] = result["slices_per_second"] / record["training"]["plain"]["slices_per_second"]
             result["median_speedup_over_plain"] = (record["training"]["plain"]["seconds_per_step"]["median"]
                                                    / result["seconds_per_step"]["median"])
+            if "plain_default_heap" in record["training"]:
+                result["speedup_over_plain_default_heap"] = (result["slices_per_second"]
+                                                             / record["training"]["plain_default_heap"]["slices_per_second"])
     return record
 
 
@@ -648,6 +666,11 @@ def format_table(results: dict) -> str:
                         detail = (f"max abs difference {check['max_abs_difference']:.2e} (allowed {check['allowed_difference']:.2e}), "
                                   f"{check['mask_voxels_different_on_skipped_slices']} mask voxels differ on skipped slices")
                     lines.append(f"{'':8} FAIL {group} {variant}: {detail}")
+        if "plain_default_heap" in inference:
+            heap_inference, heap_training = inference["plain_default_heap"], training["plain_default_heap"]
+            lines.append(f"{'':8} plain with glibc's default heap: {heap_inference['seconds_per_volume']['min']:.2f} s/vol "
+                         f"(optimised x{fast['speedup_over_plain_default_heap']:.2f}), "
+                         f"{heap_training['slices_per_second']:.2f} training sl/s (optimised x{train_opt['speedup_over_plain_default_heap']:.2f})")
         if fast["skip_disabled"]:
             lines.append(f"{'':8} skipping disabled: {fast['skip_disabled']}")
     for name, reason in results["skipped_models"].items():

@@ -69,7 +69,7 @@ class TrainConfig:
     deterministic: bool = False
     amp: bool = False
     compile: bool = False
-    channels_last: bool = False
+    channels_last: bool = True  # NHWC training (spinseg.fast_training); --no-channels_last for the plain layout
     val_batch_size: int = 16
 
 

@@ -26,7 +26,8 @@ from ..data.transforms import AugmentationConfig, Normalization
 from ..data.volumes import check_same_shape, load_volume, read_paired_lists
 from ..errors import UserInputError, fail
 from ..fileio import write_json
-from ..fast_inference import predict_volume_fast, prepare_inference_model, to_channels_last
+from ..fast_inference import predict_volume_fast, prepare_inference_model
+from ..fast_training import prepare_training_model
 from ..metrics import mean_over_subjects, release_metrics
 from ..models import build_model
 from .runtime import DistributedContext, init_distributed, rng_state, seed_everything, select_device, set_rng_state
@@ -265,8 +266,8 @@ def train(config: TrainConfig) -> dict:
             set_rng_state(checkpoint["rng_state"])
 
     model.to(device)
-    if config.channels_last:
-        to_channels_last(model)  # also handles D-UNet's 3-D weights
+    # Channels-last layout, centred CPU batch norm, in-place block activations (spinseg.fast_training).
+    prepare_training_model(model, device, channels_last=config.channels_last)
     # Weights + Adam's two moments (+ buffers, small): roughly what one checkpoint takes on disk.
     checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     if context.is_main:

@@ -167,3 +167,45 @@ def space_to_depth(x: torch.Tensor, block_size: int) -> torch.Tensor:
 def depth_to_space(x: torch.Tensor, block_size: int) -> torch.Tensor:
     """(B, C*r*r, H, W) -> (B, C, H*r, W*r), the inverse of :func:`space_to_depth`."""
     return F.pixel_shuffle(x, block_size) if block_size > 1 else x
+
+
+class CenteredBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm that, in training, subtracts its running mean before computing batch statistics.
+
+    Same function, same gradients and same running-statistics update as ``nn.BatchNorm2d`` (batch
+    norm is invariant to a constant per-channel shift, and the running-mean update is affine, so
+    shifting it and adding the shift back gives the same value). What changes is rounding: PyTorch's
+    CPU kernel for channels-last inputs accumulates the variance in a way that loses digits when a
+    channel's mean is large against its spread (mean 50, std 0.05 gave errors of 4e-3 where NCHW
+    gives 5e-5); centring first removes that cancellation. Used for channels-last CPU training
+    (:func:`center_batch_norms`); costs one extra elementwise pass per batch norm.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.track_running_stats and self.running_mean is not None):
+            return super().forward(x)
+        self._check_input_dim(x)
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        shift = self.running_mean.detach().clone()
+        # The statistics of x - shift are tracked around 0 in a temporary (autograd keeps the
+        # running-mean argument, so the buffer itself must not change after the call) and moved
+        # back: (1 - m) * (mu - s) + m * (mean - s) + s = (1 - m) * mu + m * mean.
+        centered_running_mean = torch.zeros_like(shift)
+        output = F.batch_norm(x - shift.to(x.dtype).reshape(1, -1, 1, 1), centered_running_mean, self.running_var,
+                              self.weight, self.bias, True, factor, self.eps)
+        with torch.no_grad():
+            self.running_mean.copy_(centered_running_mean + shift)
+        return output
+
+
+def center_batch_norms(model: nn.Module) -> nn.Module:
+    """Turns every ``nn.BatchNorm2d`` of ``model`` into a :class:`CenteredBatchNorm2d`, in place; returns ``model``.
+
+    Parameters, buffers and state-dict keys stay the same objects (only the class changes), so an
+    optimizer built before keeps working and checkpoints load either way.
+    """
+    for module in model.modules():
+        if type(module) is nn.BatchNorm2d:
+            module.__class__ = CenteredBatchNorm2d
+    return model
