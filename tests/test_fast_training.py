@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from spinseg.engine.trainer import parse_model_config
 from spinseg.fast_training import in_place_block_activations, prepare_training_model
 from spinseg.models import build_model
-from spinseg.models.blocks import CenteredBatchNorm2d
+from spinseg.models.blocks import AccurateBatchNorm2d
 
 from helpers import SMALL_SPIN_CONFIG
 
@@ -34,7 +34,7 @@ def test_prepared_training_takes_the_plain_steps_in_float64(name, config):
     model_config = parse_model_config(config)
     plain = build_model(name, **model_config).double().train()
     prepared = prepare_training_model(copy.deepcopy(plain), torch.device("cpu"), channels_last=True)
-    assert any(isinstance(m, CenteredBatchNorm2d) for m in prepared.modules())
+    assert any(isinstance(m, AccurateBatchNorm2d) for m in prepared.modules())
     assert prepared.state_dict().keys() == plain.state_dict().keys()
     images = torch.randn(4, plain.in_channels, 36, 44, dtype=torch.float64)
     targets = (torch.rand(4, 1, 36, 44) > 0.9).double()

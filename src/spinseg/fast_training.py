@@ -4,9 +4,8 @@ Levers (measured by ``python -m spinseg.benchmark``, see docs/performance.md):
 
 * channels-last (NHWC) weights and inputs, which oneDNN's (and cuDNN's) convolutions and their
   backward passes prefer; on a 2-core CPU this is most of the gain;
-* on the CPU, batch norm centred on its running mean first (:class:`~spinseg.models.blocks.CenteredBatchNorm2d`):
-  PyTorch's channels-last batch-norm kernel otherwise loses digits on channels whose mean is large
-  against their spread, which a trained network has;
+* on the CPU, exactly summed batch statistics (:class:`~spinseg.models.blocks.AccurateBatchNorm2d`):
+  PyTorch's channels-last batch-norm kernel otherwise accumulates them with visible rounding error;
 * the activation at the end of each conv block runs in place: its input is a tensor no one else
   holds (the batch norm's or convolution's fresh output, which their backward passes do not
   need), so autograd keeps one feature map per block fewer.
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from .fast_inference import to_channels_last
-from .models.blocks import Conv2dBlock, center_batch_norms
+from .models.blocks import Conv2dBlock, accurate_batch_norms
 from .models.layers_extra import ConvNormActivation
 
 # Activations whose in-place backward PyTorch supports from their output alone.
@@ -45,11 +44,11 @@ def prepare_training_model(model: nn.Module, device: torch.device, channels_last
 
     ``model`` should already be on ``device``. With ``channels_last`` the weights become NHWC
     (feed inputs with ``.contiguous(memory_format=torch.channels_last)``) and, on a CPU, batch
-    norms are centred; block activations run in place either way.
+    norms compute exact batch statistics; block activations run in place either way.
     """
     in_place_block_activations(model)
     if channels_last:
         to_channels_last(model)  # also handles D-UNet's 3-D weights
         if device.type == "cpu":
-            center_batch_norms(model)
+            accurate_batch_norms(model)
     return model
