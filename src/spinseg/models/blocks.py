@@ -221,12 +221,13 @@ class AccurateBatchNorm2d(nn.BatchNorm2d):
     rounding. PyTorch's CPU batch-norm kernel for channels-last tensors sums a channel's values and
     squares in a way that loses digits over a few hundred thousand pixels (on 8 x 16 x 197 x 233
     values: mean error 2e-5, relative variance error 3e-4, where NCHW and
-    :func:`channels_last_batch_statistics` give 6e-8 and 4e-8). Through a trained SPiN that moved the first-step loss by 4e-4 relative. Used for
-    channels-last CPU training (:func:`accurate_batch_norms`); eval mode is plain batch norm.
+    :func:`channels_last_batch_statistics` give 6e-8 and 4e-8). Through a trained SPiN that moved
+    the first-step loss by 4e-4 relative. Used for channels-last CPU training
+    (:func:`accurate_batch_norms`); eval mode, NCHW, GPU and bf16 inputs take plain batch norm.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not self.training or x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32
+        if (not self.training or x.dim() != 4 or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
                 or not x.is_contiguous(memory_format=torch.channels_last)):
             return super().forward(x)  # NCHW and GPU kernels are accurate; bf16 (autocast) is its own matter
         self._check_input_dim(x)
