@@ -725,11 +725,11 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark; returns 1 when an optimised output disagrees with the plain one."""
-    tune_glibc_malloc()  # as every command of the package does, so both paths run as they would in use
+    heap_tuned = tune_glibc_malloc()  # as every command of the package does, so both paths run as they would in use
     args = build_parser().parse_args(argv)
     if args.phase:
         spec = json.loads(args.phase)
-        print(PHASE_RESULT_PREFIX + json.dumps(PHASES[spec["kind"]](spec)), flush=True)
+        print(PHASE_RESULT_PREFIX + json.dumps({**PHASES[spec["kind"]](spec), "glibc_heap_tuned": heap_tuned}), flush=True)
         return 0
 
     from .engine.runtime import select_device
