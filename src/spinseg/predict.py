@@ -270,6 +270,16 @@ def lesion_statistics(mask: np.ndarray, affine: np.ndarray) -> dict:
     }
 
 
+def resample_linear(volume: np.ndarray, affine: np.ndarray, target: Grid) -> np.ndarray:
+    """(H, W, D) ``volume`` on ``affine`` -> float32 volume on ``target``'s grid.
+
+    Trilinear (order 1) in world coordinates; outside the source's field of view is 0 (background
+    for scans, probability 0 for predictions).
+    """
+    resampled = resample_from_to(nib.Nifti1Image(volume, affine), (target.shape, target.affine), order=1, mode="constant", cval=0.0)
+    return np.asarray(resampled.dataobj, dtype=np.float32)
+
+
 def predict_scan(
     model,
     image: nib.Nifti1Image,
@@ -304,12 +314,7 @@ def predict_scan(
     if on_template:
         template_volume = data
     else:
-        # order=1 (trilinear) in world coordinates; outside the scan's field of view is background 0.
-        source = nib.Nifti1Image(data, grid.affine)
-        template_volume = np.asarray(
-            resample_from_to(source, (template.shape, template.affine), order=1, mode="constant", cval=0.0).dataobj,
-            dtype=np.float32,
-        )
+        template_volume = resample_linear(data, grid.affine, template)
     from .inference import predict_volume
 
     template_probabilities = predict_volume(
@@ -318,11 +323,7 @@ def predict_scan(
     if on_template:
         probabilities = template_probabilities
     else:
-        probability_image = nib.Nifti1Image(template_probabilities, template.affine)
-        probabilities = np.asarray(
-            resample_from_to(probability_image, (grid.shape, grid.affine), order=1, mode="constant", cval=0.0).dataobj,
-            dtype=np.float32,
-        )
+        probabilities = resample_linear(template_probabilities, template.affine, grid)
     probabilities = np.clip(probabilities, 0.0, 1.0).astype(np.float32)
     mask = (probabilities > threshold).astype(np.uint8)
     report = {

@@ -266,7 +266,7 @@ def train(config: TrainConfig) -> dict:
             set_rng_state(checkpoint["rng_state"])
 
     model.to(device)
-    # Channels-last layout, centred CPU batch norm, in-place block activations (spinseg.fast_training).
+    # Channels-last layout, exact CPU batch statistics, in-place block activations (spinseg.fast_training).
     prepare_training_model(model, device, channels_last=config.channels_last)
     # Weights + Adam's two moments (+ buffers, small): roughly what one checkpoint takes on disk.
     checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
