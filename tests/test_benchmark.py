@@ -12,20 +12,22 @@ import pytest
 import torch
 
 from spinseg.allocator import tune_glibc_malloc
-from spinseg.benchmark import PeakMemory, importable_models, matmul_gflops, write_synthetic_volumes
+from spinseg.benchmark import TOLERANCE_AMP, PeakMemory, importable_models, matmul_gflops, write_synthetic_volumes
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """``python -m spinseg.benchmark --quick --models spin --isolate yes`` once for the module: (process, JSON).
+    """``python -m spinseg.benchmark --quick --models spin --isolate yes --bf16 yes`` once for the module: (process, JSON).
 
-    Isolated phases (one process each, as in a full CPU run) include the default-heap plain variant.
+    Isolated phases (one process each, as in a full CPU run) include the default-heap plain variant;
+    ``--bf16 yes`` adds the bf16-autocast variants on any CPU (emulated where it has no bf16 units).
     """
     output = tmp_path_factory.mktemp("benchmark") / "benchmark.json"
     completed = subprocess.run(
-        [sys.executable, "-m", "spinseg.benchmark", "--quick", "--models", "spin", "--isolate", "yes", "--output_json", str(output)],
+        [sys.executable, "-m", "spinseg.benchmark", "--quick", "--models", "spin", "--isolate", "yes", "--bf16", "yes",
+         "--output_json", str(output)],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     return completed, json.loads(output.read_text()) if output.is_file() else None
@@ -58,6 +60,26 @@ def test_quick_benchmark_passes_and_reports_every_figure(quick_run):
         assert record[group][optimised]["speedup_over_plain_default_heap"] > 0
     assert {entry["n_workers"] for entry in results["data_loading"]} == {0, 2}
     assert all(entry["slices_per_second"] > 0 for entry in results["data_loading"])
+
+
+def test_quick_benchmark_bf16_variants_are_checked_against_the_fp32_plain_path(quick_run):
+    completed, results = quick_run
+    (record,) = results["models"]
+    assert "optimised + bf16 autocast" in completed.stdout
+    assert results["bf16_variants"] is True and results["matmul_gflops_bf16"] > 0
+    inference, training = record["inference"]["fast_bf16"], record["training"]["channels_last_bf16"]
+    assert inference["precision"] == "bf16" and record["inference"]["fast"]["precision"] == "fp32"
+    assert training["precision"] == "bf16" and record["training"]["plain"]["precision"] == "fp32"
+    # Held to the bf16 tolerance, not the fp32 one, and compared with the fp32 plain path's outputs.
+    assert inference["check"]["tolerance"] == TOLERANCE_AMP["probability"] and inference["check"]["passed"]
+    assert training["check"]["tolerance"] == TOLERANCE_AMP["loss"] and training["check"]["passed"]
+    # bf16 rounding is visible: the outputs are not bit-identical to fp32 ones.
+    assert inference["check"]["max_abs_difference"] > record["inference"]["fast"]["check"]["max_abs_difference"]
+    assert training["first_step_loss"] != record["training"]["plain"]["first_step_loss"]
+    # Its GFLOP/s are set against the bf16 matmul rate.
+    reference = record["matmul_gflops_reference_by_precision"]["bf16"]
+    assert reference >= results["matmul_gflops_bf16"]
+    assert inference["fraction_of_matmul"] == pytest.approx(inference["achieved_gflops"] / reference)
 
 
 def test_gpu_script_parses_and_its_python_path_runs_on_cpu(tmp_path):

@@ -12,6 +12,7 @@ from spinseg.data.transforms import Normalization
 from spinseg.engine.trainer import parse_model_config
 from spinseg.fast_inference import (
     FusedConvolutionActivation,
+    onednn_bf16_available,
     background_windows,
     fold_space_to_depth,
     fuse_conv_batch_norm,
@@ -172,6 +173,30 @@ def test_fused_convolution_activation_equals_convolution_then_activation(activat
     y = fused(x.requires_grad_())
     y.sum().backward()
     assert x.grad is not None and torch.allclose(y.detach(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not onednn_bf16_available(), reason="oneDNN runs no bf16 convolution on this CPU")
+def test_fused_convolution_activation_under_bf16_autocast_matches_autocast_modules():
+    torch.manual_seed(5)
+    blocks = nn.Sequential(Conv2dBlock(3, 6, 3, 1, "leaky_relu"), Conv2dBlock(6, 5, 1, 2, "relu")).eval()
+    fused = to_channels_last(fuse_convolution_activations(copy.deepcopy(blocks)))
+    x = torch.randn(2, 3, 17, 20).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        exact = blocks.double()(x.double())
+        blocks.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected, actual = blocks(x), fused(x)
+        assert actual.dtype == expected.dtype == torch.bfloat16
+        # Both round to bf16 (8 mantissa bits); the fused one no less accurately than autocast's modules.
+        error_fused, error_modules = (actual.double() - exact).abs().max(), (expected.double() - exact).abs().max()
+        assert error_fused <= 1.25 * error_modules and error_fused < 0.05 * exact.abs().max()
+        # The bf16 weights are cast once and reused, and cast again when the weights change.
+        first = fused[0].bf16_parameters()[0]
+        assert fused[0].bf16_parameters()[0] is first and first.dtype == torch.bfloat16
+    with torch.no_grad():
+        fused[0].conv.weight.mul_(2)
+    assert fused[0].bf16_parameters()[0] is not first
+    torch.testing.assert_close(fused[0].bf16_parameters()[0].float(), 2 * first.float())
 
 
 def test_background_windows_respect_padding():

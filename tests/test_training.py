@@ -92,3 +92,21 @@ def test_edge_slices_are_padded_with_the_dataset_mean(tmp_path):
     assert np.all(chunk[:2] == np.float32(30.2))
     np.testing.assert_array_equal(chunk[2], volume[..., 0])
     np.testing.assert_array_equal(chunk[4], volume[..., 2])
+
+
+def test_bf16_autocast_training_learns_and_keeps_fp32_weights(tmp_path):
+    """``--amp`` on the CPU: bf16 convolutions, fp32 master weights, and it still learns."""
+    scans, masks = write_volume_set(tmp_path / "data", 6, seed=1)
+    config = TrainConfig(
+        train_multimodal_scan_paths=str(scans), train_ground_truth_path=str(masks),
+        model_config=SMALL_SPIN_CONFIG, n_batch=3, learning_rates=[2e-3], learning_schedule=[15],
+        augmentation_probabilities=[0.5], augmentation_schedule=[15], n_summary=10, n_checkpoint=30,
+        n_validation=0, checkpoint_path=str(tmp_path / "run"), n_workers=0, seed=5, crop_shape=[24, 24], amp=True,
+    )
+    assert train(config)["steps"] == 30
+    images, targets = fixed_batch(scans, masks)
+    seed_everything(5)
+    initial = build_model("spin", **parse_model_config(SMALL_SPIN_CONFIG))
+    trained = load_model(tmp_path / "run" / "checkpoints" / "model-00000030.pth", "spin")
+    assert all(parameter.dtype == torch.float32 for parameter in trained.parameters())
+    assert mean_loss(trained, images, targets) < 0.7 * mean_loss(initial, images, targets)

@@ -9,6 +9,10 @@ memory-mapped volumes of the ATLAS shape, in one run on one machine:
   slices skipped), their achieved GFLOP/s and its fraction of a measured fp32 matmul rate;
 * training slices per second: a plain eager Adam step against a channels-last one (and
   ``torch.compile`` with ``--compile``);
+* with ``--bf16`` (default: where the device computes bf16 in hardware, e.g. CPUs with
+  AVX512-BF16), the optimised inference and training paths once more under bf16 autocast
+  (``--amp`` of the commands), against the same fp32 plain path, checked with the bf16 tolerance
+  and their GFLOP/s set against a bf16 matmul;
 * peak memory per phase (CPU: peak RSS above the phase's start, each phase in a fresh process by
   default; GPU: ``torch.cuda.max_memory_allocated``);
 * data loading slices per second from a ``SliceTrainingDataset`` (0 workers vs ``--n_workers``).
@@ -294,7 +298,7 @@ def run_inference_phase(spec: dict) -> dict:
         result["prepare_and_warmup_seconds"] = time.perf_counter() - start
         # The matmul rate right here, under the same load as the timings (a shared machine's
         # load moves within minutes); the report compares against the best rate seen.
-        result["matmul_gflops_in_phase"] = matmul_gflops(device, torch.bfloat16 if amp and device.type == "cuda" else torch.float32, repeats=3)
+        result["matmul_gflops_in_phase"] = matmul_gflops(device, torch.bfloat16 if amp else torch.float32, repeats=3)
         seconds, info = [], {}
         for _ in range(spec["repeats"]):
             start = time.perf_counter()
@@ -510,8 +514,16 @@ def compare_inference(plain_path: str, fast_path: str, scan_path: str, n_chunk: 
             "skipped_slices_checked": int(skipped.sum()), "passed": passed}
 
 
-def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_rate: float, isolate: bool, workdir: Path) -> dict:
-    """All phases of one model; returns its JSON record."""
+BF16_VARIANTS = {"inference": "fast_bf16", "training": "channels_last_bf16"}
+
+
+def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_rates: dict[str, float], isolate: bool,
+                    workdir: Path) -> dict:
+    """All phases of one model; returns its JSON record.
+
+    ``matmul_rates`` holds "fp32" and, when bf16 is measured, "bf16" GFLOP/s; each variant's
+    achieved rate is set against the matmul of its own precision.
+    """
     from .models import build_model
 
     config, n_chunk, normalization = model_setup(name)
@@ -533,55 +545,68 @@ def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_ra
     del model
     common = {"model": name, "device": str(device), "amp": args.amp, "state_dict_path": str(state_dict_path),
               "batch_size": args.batch_size, "repeats": args.repeats, "seed": args.seed}
-    tolerance = TOLERANCE_AMP if args.amp else TOLERANCE_FP32
+
+    def precision(variant: str) -> str:
+        return "bf16" if args.amp or variant.endswith("_bf16") else "fp32"
+
+    def tolerance(variant: str) -> dict:
+        return TOLERANCE_AMP if precision(variant) == "bf16" else TOLERANCE_FP32
 
     # "plain_default_heap": the plain path in a process that keeps glibc's default malloc settings
     # (what a script that does not call spinseg.allocator gets); only with isolated CPU phases,
     # since the heap is set per process.
     default_heap = ["plain_default_heap"] if isolate and device.type == "cpu" else []
-    inference_variants = ["plain", "fast"] + default_heap + (["fast_compile"] if args.compile else [])
+    bf16 = [BF16_VARIANTS["inference"]] if args.bf16_variants else []
+    inference_variants = ["plain", "fast"] + default_heap + bf16 + (["fast_compile"] if args.compile else [])
     inference_specs = {
-        variant: {**common, "kind": "inference", "variant": variant, "scan_path": data["scan_paths"][0],
+        variant: {**common, "amp": precision(variant) == "bf16", "kind": "inference", "variant": variant, "scan_path": data["scan_paths"][0],
                   "output_path": str(workdir / f"{name}_{variant}.npy"), "skip_background": not args.no_skip_background,
                   "batch_size": args.inference_batch_size if variant.startswith("plain") else args.fast_batch_size,
                   "default_heap": variant.endswith("default_heap")}
         for variant in inference_variants
     }
     record["inference"] = interleaved_phases(inference_specs, "repeats", args.repeats, isolate, f"{name}: inference")
-    best_matmul = max([matmul_rate] + [r["matmul_gflops_in_phase"] for r in record["inference"].values()])
-    record["matmul_gflops_reference"] = best_matmul
+    # The best matmul rate of each precision seen at the start or inside a phase of that precision.
+    best_matmul = {key: max([rate] + [r["matmul_gflops_in_phase"] for v, r in record["inference"].items() if precision(v) == key])
+                   for key, rate in matmul_rates.items()}
+    record["matmul_gflops_reference"] = best_matmul[precision("fast")]
+    record["matmul_gflops_reference_by_precision"] = best_matmul
     for variant, result in record["inference"].items():
         best = result["seconds_per_volume"]["min"]
+        result["precision"] = precision(variant)
         result["achieved_gflops"] = result["slices_run"] * record["gflop_per_slice"] / best
-        result["fraction_of_matmul"] = result["achieved_gflops"] / best_matmul
+        result["fraction_of_matmul"] = result["achieved_gflops"] / best_matmul[precision(variant)]
         result["seconds_per_slice"] = best / args.depth
         if variant == "plain_default_heap":
             result["slowdown_against_tuned_heap"] = best / record["inference"]["plain"]["seconds_per_volume"]["min"]
         elif variant != "plain":
             result["check"] = compare_inference(str(workdir / f"{name}_plain.npy"), inference_specs[variant]["output_path"],
-                                                data["scan_paths"][0], n_chunk, normalization.pad_value(), tolerance["probability"], rounding)
+                                                data["scan_paths"][0], n_chunk, normalization.pad_value(), tolerance(variant)["probability"], rounding)
             result["speedup_over_plain"] = record["inference"]["plain"]["seconds_per_volume"]["min"] / best
             result["median_speedup_over_plain"] = record["inference"]["plain"]["seconds_per_volume"]["median"] / result["seconds_per_volume"]["median"]
             if "plain_default_heap" in record["inference"]:
                 result["speedup_over_plain_default_heap"] = record["inference"]["plain_default_heap"]["seconds_per_volume"]["min"] / best
 
-    training_variants = ["plain", "channels_last"] + default_heap + (["channels_last_compile"] if args.compile else [])
-    training_specs = {variant: {**common, "kind": "training", "variant": variant, "scan_paths": data["scan_paths"],
+    bf16 = [BF16_VARIANTS["training"]] if args.bf16_variants else []
+    training_variants = ["plain", "channels_last"] + default_heap + bf16 + (["channels_last_compile"] if args.compile else [])
+    training_specs = {variant: {**common, "amp": precision(variant) == "bf16", "kind": "training", "variant": variant,
+                                "scan_paths": data["scan_paths"],
                                 "mask_paths": data["mask_paths"], "default_heap": variant.endswith("default_heap")}
                       for variant in training_variants}
     record["training"] = interleaved_phases(training_specs, "repeats", args.train_repeats, isolate, f"{name}: training")
     for variant, result in record["training"].items():
+        result["precision"] = precision(variant)
         if variant == "plain_default_heap":
             result["slowdown_against_tuned_heap"] = record["training"]["plain"]["slices_per_second"] / result["slices_per_second"]
         elif variant != "plain":
             reference = record["training"]["plain"]["first_step_loss"]
             difference = abs(result["first_step_loss"] - reference)
-            allowed = tolerance["loss"] * max(abs(reference), 1e-12)
+            allowed = tolerance(variant)["loss"] * max(abs(reference), 1e-12)
             if loss_rounding:
                 allowed = max(allowed, 4 * loss_rounding["plain_vs_float64"])
             result["check"] = {"first_step_loss_relative_difference": difference / max(abs(reference), 1e-12),
                                "first_step_loss_difference": difference, "allowed_difference": allowed,
-                               "tolerance": tolerance["loss"], "float_rounding": loss_rounding, "passed": difference <= allowed}
+                               "tolerance": tolerance(variant)["loss"], "float_rounding": loss_rounding, "passed": difference <= allowed}
             result["speedup_over_plain"] = result["slices_per_second"] / record["training"]["plain"]["slices_per_second"]
             result["median_speedup_over_plain"] = (record["training"]["plain"]["seconds_per_step"]["median"]
                                                    / result["seconds_per_step"]["median"])
@@ -666,6 +691,16 @@ def format_table(results: dict) -> str:
                         detail = (f"max abs difference {check['max_abs_difference']:.2e} (allowed {check['allowed_difference']:.2e}), "
                                   f"{check['mask_voxels_different_on_skipped_slices']} mask voxels differ on skipped slices")
                     lines.append(f"{'':8} FAIL {group} {variant}: {detail}")
+        if BF16_VARIANTS["inference"] in inference:
+            bf16_inference, bf16_training = inference[BF16_VARIANTS["inference"]], training[BF16_VARIANTS["training"]]
+            lines.append(f"{'':8} optimised + bf16 autocast: {bf16_inference['seconds_per_volume']['min']:.2f} s/vol "
+                         f"(x{bf16_inference['speedup_over_plain']:.2f}, {bf16_inference['achieved_gflops']:.0f} GFLOP/s, "
+                         f"{100 * bf16_inference['fraction_of_matmul']:.0f}% of bf16 matmul, peak {bf16_inference['peak_memory_mb']:.0f} MB, "
+                         f"max|dp|={bf16_inference['check']['max_abs_difference']:.1e}, "
+                         f"{bf16_inference['check']['mask_voxels_different']} mask voxels differ), "
+                         f"training {bf16_training['slices_per_second']:.2f} sl/s (x{bf16_training['speedup_over_plain']:.2f}, "
+                         f"peak {bf16_training['peak_memory_mb']:.0f} MB, first-step loss "
+                         f"{100 * bf16_training['check']['first_step_loss_relative_difference']:.2f}% off)")
         if "plain_default_heap" in inference:
             heap_inference, heap_training = inference["plain_default_heap"], training["plain_default_heap"]
             lines.append(f"{'':8} plain with glibc's default heap: {heap_inference['seconds_per_volume']['min']:.2f} s/vol "
@@ -709,7 +744,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train_repeats", type=int, default=3, help="timed training steps per variant (after one warm-up step)")
     parser.add_argument("--volumes", type=int, default=4, help="synthetic volumes written (data loading uses all, inference the first)")
     parser.add_argument("--n_workers", type=int, default=2, help="DataLoader workers for the data loading comparison")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast in every phase (meant for GPUs)")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast in every phase, plain path included (meant for GPUs)")
+    parser.add_argument("--bf16", choices=("auto", "yes", "no"), default="auto",
+                        help="also time the optimised paths under bf16 autocast against the fp32 plain path "
+                             "(auto: where the device computes bf16 in hardware; not with --amp)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile variants (slow to compile on CPU)")
     parser.add_argument("--no_skip_background", action="store_true", help="run every slice in the optimised path too")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH", help="trained weights for a model")
@@ -732,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         print(PHASE_RESULT_PREFIX + json.dumps({**PHASES[spec["kind"]](spec), "glibc_heap_tuned": heap_tuned}), flush=True)
         return 0
 
-    from .engine.runtime import select_device
+    from .engine.runtime import native_bf16, select_device
     from .models import available_models
 
     device = select_device(args.device)
@@ -753,15 +791,17 @@ def main(argv: list[str] | None = None) -> int:
     if not names:
         raise UserInputError("no model to benchmark: " + "; ".join(f"{k}: {v}" for k, v in skipped_models.items()))
 
+    args.bf16_variants = not args.amp and (args.bf16 == "yes" or (args.bf16 == "auto" and native_bf16(device)))
     results: dict[str, Any] = {"machine": machine_description(device), "device": str(device), "amp": args.amp,
+                               "bf16_variants": args.bf16_variants, "native_bf16": native_bf16(device),
                                "shape": [args.height, args.width, args.depth], "isolated_phases": isolate,
                                "arguments": {k: v for k, v in vars(args).items() if k not in ("phase", "checkpoints")}}
     print(f"measuring the fp32 matmul rate on {device} ...", flush=True)
     results["matmul_gflops"] = matmul_gflops(device)
-    if args.amp and device.type == "cuda":
-        results["matmul_gflops_bf16"] = matmul_gflops(device, torch.bfloat16)
+    matmul_rates = {"fp32": results["matmul_gflops"]}
+    if args.amp or args.bf16_variants:
+        results["matmul_gflops_bf16"] = matmul_rates["bf16"] = matmul_gflops(device, torch.bfloat16)
     # Fractions compare like with like: bf16 phases against the bf16 matmul rate.
-    reference_rate = results.get("matmul_gflops_bf16") or results["matmul_gflops"]
 
     with tempfile.TemporaryDirectory(prefix="spinseg-benchmark-") as directory:
         workdir = Path(directory)
@@ -771,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             print(f"benchmarking {name} ...", flush=True)
             try:
-                results["models"].append(benchmark_model(name, args, device, data, reference_rate, isolate, workdir))
+                results["models"].append(benchmark_model(name, args, device, data, matmul_rates, isolate, workdir))
                 write_results(args.output_json, {**results, "partial": True})  # a run cut short keeps what it measured
             except Exception as error:  # one broken model must not hide the others' figures, but fails the run
                 results["failed_models"][name] = f"{type(error).__name__}: {str(error)[-1500:]}"

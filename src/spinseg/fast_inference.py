@@ -14,13 +14,14 @@ Levers, each measured by ``python -m spinseg.benchmark`` (see docs/performance.m
   and writes every feature map again (SPiN's 2H x 2W maps are ~94 MB a batch of 8);
 * slices whose whole ``n_chunk`` input window is background are not run through the network
   (``skip_background``), with a check that this cannot change the thresholded mask;
-* optional ``torch.compile`` and bf16 autocast (``amp``, meant for GPUs).
+* optional ``torch.compile`` and bf16 autocast (``amp``: GPUs, and CPUs with AVX512-BF16 or AMX).
 
 None of these changes the model's math: outputs agree with the plain path within float rounding.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from typing import Any
 
@@ -162,6 +163,12 @@ def onednn_fusion_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
+@functools.lru_cache(maxsize=None)
+def onednn_bf16_available() -> bool:
+    """Whether oneDNN runs bf16 convolutions on this CPU (natively or emulated on AVX-512; not on older CPUs)."""
+    return onednn_fusion_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 # Activations oneDNN can apply as a convolution post-op: module type -> (name, scalars from module).
 FUSABLE_ACTIVATIONS = {
     nn.Identity: lambda module: ("none", []),
@@ -177,7 +184,10 @@ class FusedConvolutionActivation(nn.Module):
     float32 input it calls ``torch.ops.mkldnn._convolution_pointwise`` with the activation as a
     post-op, the kernel ``torch.compile`` itself uses for this pattern; the result is bit for bit
     that of the convolution followed by the activation (the post-op is applied to the same fp32
-    accumulator). Anywhere else (a GPU, autocast, another dtype) it runs the two plain modules.
+    accumulator). Under CPU bf16 autocast it does the same in bf16, with weights cast once and kept
+    (autocast would cast them on every call); the activation then sees the fp32 accumulator where
+    autocast rounds to bf16 first. Anywhere else (a GPU, other dtypes, gradients) it runs the two
+    plain modules.
     """
 
     def __init__(self, convolution: nn.Conv2d, activation: nn.Module, extra_padding: tuple[int, ...] | None = None):
@@ -186,15 +196,35 @@ class FusedConvolutionActivation(nn.Module):
         self.activation = activation
         self.extra_padding = extra_padding
         self.post_op, self.post_op_scalars = FUSABLE_ACTIVATIONS[type(activation)](activation)
+        self._bf16_parameters: tuple[torch.Tensor, ...] = ()  # (weight, bias in bf16, source weight version)
+
+    def bf16_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The convolution's weight and bias in bf16, cast once (again only if the weight changes)."""
+        weight = self.conv.weight
+        key = (weight.data_ptr(), weight._version)
+        if not self._bf16_parameters or self._bf16_parameters[2] != key:
+            bias = self.conv.bias.to(torch.bfloat16) if self.conv.bias is not None else None
+            self._bf16_parameters = (weight.to(torch.bfloat16), bias, key)
+        return self._bf16_parameters[0], self._bf16_parameters[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.extra_padding is not None:
             x = F.pad(x, self.extra_padding)
         conv = self.conv
-        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled():
+        if x.device.type != "cpu" or torch.is_grad_enabled() or conv.weight.dtype != torch.float32:
+            return self.activation(conv(x))
+        if torch.is_autocast_enabled("cpu"):
+            if (torch.get_autocast_dtype("cpu") != torch.bfloat16 or x.dtype not in (torch.float32, torch.bfloat16)
+                    or not onednn_bf16_available()):
+                return self.activation(conv(x))
+            weight, bias = self.bf16_parameters()
+            x = x.to(torch.bfloat16)
+        elif x.dtype == torch.float32:
+            weight, bias = conv.weight, conv.bias
+        else:
             return self.activation(conv(x))
         return torch.ops.mkldnn._convolution_pointwise(
-            x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+            x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
             self.post_op, self.post_op_scalars, "",
         )
 

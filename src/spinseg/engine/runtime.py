@@ -28,6 +28,19 @@ def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 convolutions and matrix products in hardware, hence faster than fp32.
+
+    A CUDA GPU with bf16 support, or a CPU with AVX512-BF16 or AMX (oneDNN emulates bf16 on other
+    x86 CPUs, which is slower than fp32).
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return torch.backends.mkldnn.is_available() and any(check() for check in checks if check is not None)
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seeds python, numpy and torch; with ``deterministic`` also forces deterministic kernels."""
     random.seed(seed)

@@ -30,7 +30,8 @@ from ..fast_inference import predict_volume_fast, prepare_inference_model
 from ..fast_training import prepare_training_model
 from ..metrics import mean_over_subjects, release_metrics
 from ..models import build_model
-from .runtime import DistributedContext, init_distributed, rng_state, seed_everything, select_device, set_rng_state
+from .runtime import (DistributedContext, init_distributed, native_bf16, rng_state, seed_everything, select_device,
+                      set_rng_state)
 
 CHECKPOINT_PATTERN = "model-{step:08d}.pth"
 CHECKPOINT_NAME = re.compile(r"model-(\d{8})\.pth")
@@ -335,6 +336,9 @@ def train(config: TrainConfig) -> dict:
             f"{total_steps} steps, effective batch {config.n_batch} ({context.world_size} process(es))",
             flush=True,
         )
+        if config.amp and not native_bf16(device):
+            warn(f"--amp: {device} has no bf16 arithmetic units (AVX512-BF16 / AMX on CPUs), so bf16 is emulated "
+                 "and slower than fp32 here")
 
     def save(current_step: int, loss_value: float) -> None:
         # A disk that filled up during training stops the run here, before a write could fail
