@@ -172,6 +172,26 @@ def test_fixture_spin_via_cli_on_mni_resliced_and_shifted_inputs(tmp_path, monke
     assert sorted(path.name for path in output.iterdir() if path.name.startswith(".")) == []  # no temporaries left
 
 
+def test_prepared_model_gives_the_plain_models_probabilities_and_mask(tmp_path, monkeypatch):
+    """The default (batch norm folded, channels-last) and ``--plain_inference`` agree to float rounding."""
+    monkeypatch.setattr(predict, "template_grid", coarse_template)
+    grid = coarse_template()
+    volume, _ = ellipsoid_brain(grid.shape, grid.affine, seed=3)
+    nib.save(nib.Nifti1Image(volume, grid.affine), tmp_path / "scan.nii.gz")
+    outputs = {}
+    for label, extra in (("prepared", []), ("plain", ["--plain_inference"])):
+        status = predict.main(["--model", "spin", "--checkpoint", SMALL_CHECKPOINT, "--model_config", SMALL_CONFIG,
+                               "--input", str(tmp_path / "scan.nii.gz"), "--output", str(tmp_path / label),
+                               "--save_probability", "--device", "cpu", *extra])
+        assert status == 0
+        outputs[label] = [np.asarray(nib.load(tmp_path / label / f"scan_{kind}.nii.gz").dataobj)
+                          for kind in ("lesion_prob", "lesion_mask")]
+    (prepared_probability, prepared_mask), (plain_probability, plain_mask) = outputs["prepared"], outputs["plain"]
+    assert plain_probability.max() > 0.01  # the comparison is about real outputs, not all zeros
+    assert np.abs(prepared_probability - plain_probability).max() <= 1e-4
+    assert np.array_equal(prepared_mask, plain_mask)
+
+
 def test_planted_lesion_is_found_on_mni_and_resliced_reoriented_grids(tmp_path, monkeypatch):
     from nilearn import datasets
 
