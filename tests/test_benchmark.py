@@ -48,6 +48,7 @@ def test_quick_benchmark_passes_and_reports_every_figure(quick_run):
         assert inference["peak_memory_mb"] is not None
     check = record["inference"]["fast"]["check"]
     assert check["passed"] and check["max_abs_difference"] <= check["allowed_difference"]
+    assert (check["mask_dice"] == 1.0) == (check["mask_voxels_different"] == 0)
     for variant in ("plain", "channels_last"):
         assert record["training"][variant]["slices_per_second"] > 0
     assert record["training"]["channels_last"]["check"]["passed"]
@@ -116,3 +117,21 @@ def test_synthetic_volumes_have_empty_end_slices(tmp_path):
     per_slice = np.abs(scan).reshape(-1, 30).max(axis=0)
     assert per_slice[0] == 0 and per_slice[-1] == 0 and per_slice[15] > 0
     assert mask.sum() > 0 and mask.dtype == np.uint8
+
+
+def test_inference_comparison_counts_mask_differences_and_dice(tmp_path):
+    from spinseg.benchmark import compare_inference
+
+    scan = np.full((4, 5, 3), 50.0, dtype=np.float32)  # no background window: every slice counts as run
+    plain = np.zeros(scan.shape, dtype=np.float32)
+    plain[0, :4, 1] = 0.9  # 4 mask voxels
+    fast = plain.copy()
+    fast[0, 3, 1] = 0.4  # one lost ...
+    fast[2, 2, 2] = 0.7  # ... one gained
+    for name, array in (("scan", scan), ("plain", plain), ("fast", fast)):
+        np.save(tmp_path / f"{name}.npy", array)
+    check = compare_inference(str(tmp_path / "plain.npy"), str(tmp_path / "fast.npy"), str(tmp_path / "scan.npy"),
+                              n_chunk=1, pad_value=0.0, tolerance=0.1)
+    assert check["mask_voxels_different"] == 2 and check["plain_mask_voxels"] == 4
+    assert check["mask_dice"] == pytest.approx(2 * 3 / 8)
+    assert check["max_abs_difference"] == pytest.approx(0.7) and not check["passed"]

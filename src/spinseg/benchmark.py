@@ -504,12 +504,16 @@ def compare_inference(plain_path: str, fast_path: str, scan_path: str, n_chunk: 
     skipped = background_windows(load_volume(scan_path), n_chunk, pad_value, 0.0) & ~fast.any(axis=(0, 1))
     ran = ~skipped
     max_difference = float(np.abs(plain[..., ran] - fast[..., ran]).max()) if ran.any() else 0.0
-    mask_differences = int(((plain > MASK_THRESHOLD) != (fast > MASK_THRESHOLD)).sum())
+    plain_mask, fast_mask = plain > MASK_THRESHOLD, fast > MASK_THRESHOLD
+    mask_differences = int((plain_mask != fast_mask).sum())
+    mask_voxels = int(plain_mask.sum() + fast_mask.sum())
+    mask_dice = 2 * int((plain_mask & fast_mask).sum()) / mask_voxels if mask_voxels else 1.0
     mask_differences_skipped = int(((plain[..., skipped] > MASK_THRESHOLD) != (fast[..., skipped] > MASK_THRESHOLD)).sum())
     allowed = max(tolerance, 4 * rounding["plain_vs_float64"]) if rounding else tolerance
     passed = max_difference <= allowed and mask_differences_skipped == 0
     return {"max_abs_difference": max_difference, "tolerance": tolerance, "allowed_difference": allowed,
-            "float_rounding": rounding, "mask_voxels_different": mask_differences,
+            "float_rounding": rounding, "mask_voxels_different": mask_differences, "plain_mask_voxels": int(plain_mask.sum()),
+            "mask_dice": mask_dice,
             "mask_voxels_different_on_skipped_slices": mask_differences_skipped,
             "skipped_slices_checked": int(skipped.sum()), "passed": passed}
 
@@ -697,7 +701,8 @@ def format_table(results: dict) -> str:
                          f"(x{bf16_inference['speedup_over_plain']:.2f}, {bf16_inference['achieved_gflops']:.0f} GFLOP/s, "
                          f"{100 * bf16_inference['fraction_of_matmul']:.0f}% of bf16 matmul, peak {bf16_inference['peak_memory_mb']:.0f} MB, "
                          f"max|dp|={bf16_inference['check']['max_abs_difference']:.1e}, "
-                         f"{bf16_inference['check']['mask_voxels_different']} mask voxels differ), "
+                         f"{bf16_inference['check']['mask_voxels_different']} of {bf16_inference['check']['plain_mask_voxels']} "
+                         f"mask voxels differ, Dice {bf16_inference['check']['mask_dice']:.3f}), "
                          f"training {bf16_training['slices_per_second']:.2f} sl/s (x{bf16_training['speedup_over_plain']:.2f}, "
                          f"peak {bf16_training['peak_memory_mb']:.0f} MB, first-step loss "
                          f"{100 * bf16_training['check']['first_step_loss_relative_difference']:.2f}% off)")
