@@ -16,7 +16,8 @@ Levers, each measured by ``python -m spinseg.benchmark`` (see docs/performance.m
   (``skip_background``), with a check that this cannot change the thresholded mask;
 * optional ``torch.compile`` and bf16 autocast (``amp``: GPUs, and CPUs with AVX512-BF16 or AMX).
 
-None of these changes the model's math: outputs agree with the plain path within float rounding.
+None of these but ``amp`` changes the model's math: outputs agree with the plain path within float
+rounding (bf16 autocast rounds to 8 mantissa bits; it is opt-in).
 """
 from __future__ import annotations
 
@@ -196,15 +197,14 @@ class FusedConvolutionActivation(nn.Module):
         self.activation = activation
         self.extra_padding = extra_padding
         self.post_op, self.post_op_scalars = FUSABLE_ACTIVATIONS[type(activation)](activation)
-        self._bf16_parameters: tuple[torch.Tensor, ...] = ()  # (weight, bias in bf16, source weight version)
+        self._bf16_parameters: tuple = ()  # (weight in bf16, bias in bf16, identity of the fp32 sources)
 
     def bf16_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The convolution's weight and bias in bf16, cast once (again only if the weight changes)."""
-        weight = self.conv.weight
-        key = (weight.data_ptr(), weight._version)
+        """The convolution's weight and bias in bf16, cast once (again only if either changes)."""
+        weight, bias = self.conv.weight, self.conv.bias
+        key = tuple((tensor.data_ptr(), tensor._version) for tensor in (weight, bias) if tensor is not None)
         if not self._bf16_parameters or self._bf16_parameters[2] != key:
-            bias = self.conv.bias.to(torch.bfloat16) if self.conv.bias is not None else None
-            self._bf16_parameters = (weight.to(torch.bfloat16), bias, key)
+            self._bf16_parameters = (weight.to(torch.bfloat16), bias.to(torch.bfloat16) if bias is not None else None, key)
         return self._bf16_parameters[0], self._bf16_parameters[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
