@@ -207,22 +207,27 @@ class FusedConvolutionActivation(nn.Module):
             self._bf16_parameters = (weight.to(torch.bfloat16), bias.to(torch.bfloat16) if bias is not None else None, key)
         return self._bf16_parameters[0], self._bf16_parameters[1]
 
+    def onednn_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """(input, weight, bias) for the fused oneDNN call, or None where the plain modules must run."""
+        conv = self.conv
+        if x.device.type != "cpu" or torch.is_grad_enabled() or conv.weight.dtype != torch.float32:
+            return None
+        if not torch.is_autocast_enabled("cpu"):
+            return (x, conv.weight, conv.bias) if x.dtype == torch.float32 else None
+        if (torch.get_autocast_dtype("cpu") != torch.bfloat16 or x.dtype not in (torch.float32, torch.bfloat16)
+                or not onednn_bf16_available()):
+            return None
+        weight, bias = self.bf16_parameters()
+        return x.to(torch.bfloat16), weight, bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.extra_padding is not None:
             x = F.pad(x, self.extra_padding)
+        operands = self.onednn_operands(x)
+        if operands is None:
+            return self.activation(self.conv(x))
+        x, weight, bias = operands
         conv = self.conv
-        if x.device.type != "cpu" or torch.is_grad_enabled() or conv.weight.dtype != torch.float32:
-            return self.activation(conv(x))
-        if torch.is_autocast_enabled("cpu"):
-            if (torch.get_autocast_dtype("cpu") != torch.bfloat16 or x.dtype not in (torch.float32, torch.bfloat16)
-                    or not onednn_bf16_available()):
-                return self.activation(conv(x))
-            weight, bias = self.bf16_parameters()
-            x = x.to(torch.bfloat16)
-        elif x.dtype == torch.float32:
-            weight, bias = conv.weight, conv.bias
-        else:
-            return self.activation(conv(x))
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
             self.post_op, self.post_op_scalars, "",
