@@ -178,6 +178,12 @@ def test_prepared_model_gives_the_plain_models_probabilities_and_mask(tmp_path, 
     grid = coarse_template()
     volume, _ = ellipsoid_brain(grid.shape, grid.affine, seed=3)
     nib.save(nib.Nifti1Image(volume, grid.affine), tmp_path / "scan.nii.gz")
+    import spinseg.fast_inference as fast_inference
+
+    prepared_models = []
+    original_prepare = fast_inference.prepare_inference_model
+    monkeypatch.setattr(fast_inference, "prepare_inference_model",
+                        lambda model, **kwargs: prepared_models.append(original_prepare(model, **kwargs)) or prepared_models[-1])
     outputs = {}
     for label, extra in (("prepared", []), ("plain", ["--plain_inference"])):
         status = predict.main(["--model", "spin", "--checkpoint", SMALL_CHECKPOINT, "--model_config", SMALL_CONFIG,
@@ -186,6 +192,7 @@ def test_prepared_model_gives_the_plain_models_probabilities_and_mask(tmp_path, 
         assert status == 0
         outputs[label] = [np.asarray(nib.load(tmp_path / label / f"scan_{kind}.nii.gz").dataobj)
                           for kind in ("lesion_prob", "lesion_mask")]
+    assert len(prepared_models) == 1  # the default run prepared the model, --plain_inference did not
     (prepared_probability, prepared_mask), (plain_probability, plain_mask) = outputs["prepared"], outputs["plain"]
     assert plain_probability.max() > 0.01  # the comparison is about real outputs, not all zeros
     assert np.abs(prepared_probability - plain_probability).max() <= 1e-4

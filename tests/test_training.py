@@ -94,8 +94,14 @@ def test_edge_slices_are_padded_with_the_dataset_mean(tmp_path):
     np.testing.assert_array_equal(chunk[4], volume[..., 2])
 
 
-def test_bf16_autocast_training_learns_and_keeps_fp32_weights(tmp_path):
-    """``--amp`` on the CPU: bf16 convolutions, fp32 master weights, and it still learns."""
+def test_bf16_autocast_training_learns_and_keeps_fp32_weights(tmp_path, monkeypatch, capsys):
+    """``--amp`` on the CPU: bf16 convolutions, fp32 master weights, and it still learns.
+
+    The machine is made to look as if it had no bf16 units, so the trainer must say bf16 is emulated.
+    """
+    import spinseg.engine.trainer as trainer
+
+    monkeypatch.setattr(trainer, "native_bf16", lambda device: False)
     scans, masks = write_volume_set(tmp_path / "data", 6, seed=1)
     config = TrainConfig(
         train_multimodal_scan_paths=str(scans), train_ground_truth_path=str(masks),
@@ -104,6 +110,7 @@ def test_bf16_autocast_training_learns_and_keeps_fp32_weights(tmp_path):
         n_validation=0, checkpoint_path=str(tmp_path / "run"), n_workers=0, seed=5, crop_shape=[24, 24], amp=True,
     )
     assert train(config)["steps"] == 30
+    assert "--amp: cpu has no bf16 arithmetic units" in capsys.readouterr().err
     images, targets = fixed_batch(scans, masks)
     seed_everything(5)
     initial = build_model("spin", **parse_model_config(SMALL_SPIN_CONFIG))
