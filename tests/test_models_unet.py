@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spinseg.checkpoint import load_model
+from spinseg.models.checkpoint import load_model
 from spinseg.models import build_model
 
 FIXTURES = Path(__file__).parent / "fixtures"

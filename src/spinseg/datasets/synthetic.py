@@ -38,10 +38,10 @@ from spinseg.constants import (
     ATLAS_STD,
     ATLAS_T1_SUFFIX,
 )
-from spinseg.data.small_lesion import small_lesion_slices
-from spinseg.data.splits import write_split
+from spinseg.datasets.small_lesion import small_lesion_slices
+from spinseg.datasets.splits import write_split
 from spinseg.errors import UserInputError, fail
-from spinseg.fileio import atomic_path, write_json
+from spinseg.io.files import atomic_path, write_json
 
 TEMPLATE_FILE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 R12 = "r1.2"

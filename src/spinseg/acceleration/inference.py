@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.transforms import Normalization
-from .data.volumes import stack_slices
-from .models.blocks import Conv2dBlock
-from .models.layers_extra import ConvNormActivation
-from .models.spin import LearnableDownsampler, SubpixelGuidance
+from spinseg.data.transforms import Normalization
+from spinseg.data.volumes import stack_slices
+from spinseg.models.blocks import Conv2dBlock
+from spinseg.models.layers_extra import ConvNormActivation
+from spinseg.models.spin import LearnableDownsampler, SubpixelGuidance
 
 # Blocks whose forward is exactly "conv -> batch_norm -> ..." with nothing in between, so the batch
 # norm may be folded into the convolution. Blocks that resample between the two (KiU-Net's

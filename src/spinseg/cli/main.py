@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"spinseg.{command}")
+    module = importlib.import_module(f"spinseg.cli.{command}")
     return module.main(rest)
 
 

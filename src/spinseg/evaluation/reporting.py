@@ -19,8 +19,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from spinseg import metrics
-from spinseg.fileio import atomic_path, write_text
+from spinseg.evaluation import metrics
+from spinseg.io.files import atomic_path, write_text
 
 # Scalar columns of the per-subject CSV, in order. "lesions" (per-lesion list) is left out of the CSV.
 PER_SUBJECT_COLUMNS = (

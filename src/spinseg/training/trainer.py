@@ -1,13 +1,7 @@
 """The training loop behind ``python -m spinseg.train`` (single process or torchrun/DDP)."""
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
-import shutil
-import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,23 +12,52 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..checkpoint import load_state_dict_checked, model_from_checkpoint, read_checkpoint, save_checkpoint
-from ..config import TrainConfig, schedule_value, validate_train_config
-from ..data.images_2d import ImageTrainingDataset, is_rgb_image_file, load_image, load_mask, predict_image
-from ..data.slices import SliceTrainingDataset
-from ..data.transforms import AugmentationConfig, Normalization
-from ..data.volumes import check_same_shape, load_volume, read_paired_lists
-from ..errors import UserInputError, fail
-from ..fileio import write_json
-from ..fast_inference import predict_volume_fast, prepare_inference_model
-from ..fast_training import prepare_training_model
-from ..metrics import mean_over_subjects, release_metrics
-from ..models import build_model
-from .runtime import (DistributedContext, init_distributed, native_bf16, rng_state, seed_everything, select_device,
-                      set_rng_state)
+from spinseg.acceleration.inference import predict_volume_fast, prepare_inference_model
+from spinseg.acceleration.training import prepare_training_model
+from spinseg.data.images import (
+    ImageTrainingDataset,
+    is_rgb_image_file,
+    load_image,
+    load_mask,
+    predict_image,
+)
+from spinseg.data.slices import SliceTrainingDataset
+from spinseg.data.transforms import AugmentationConfig, Normalization
+from spinseg.data.volumes import (
+    check_same_shape,
+    check_volume_pairs,
+    load_volume,
+    read_paired_lists,
+)
+from spinseg.errors import UserInputError, fail, warn
+from spinseg.evaluation.metrics import mean_over_subjects, release_metrics
+from spinseg.io.files import write_json
+from spinseg.models import build_model
+from spinseg.models.checkpoint import (
+    load_state_dict_checked,
+    model_from_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from spinseg.models.model_config import model_input_config, parse_model_config
+from spinseg.recipes.config import TrainConfig, schedule_value, validate_train_config
+from spinseg.training.run_folder import (
+    CHECKPOINT_PATTERN,
+    check_free_space,
+    check_writable,
+    latest_complete_checkpoint,
+    remove_stale_temporaries,
+)
+from spinseg.training.runtime import (
+    DistributedContext,
+    init_distributed,
+    native_bf16,
+    rng_state,
+    seed_everything,
+    select_device,
+    set_rng_state,
+)
 
-CHECKPOINT_PATTERN = "model-{step:08d}.pth"
-CHECKPOINT_NAME = re.compile(r"model-(\d{8})\.pth")
 # Settings a resumed run must share with the run it continues, or its steps would mean something else.
 RESUME_INVARIANTS = ("model_name", "n_batch", "n_chunk", "seed", "learning_rates", "learning_schedule", "crop_shape")
 
@@ -52,120 +75,6 @@ class ResumableDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples - self.skip
-
-
-def parse_model_config(text: str) -> dict:
-    """``--model_config``: a JSON object, or the path of a JSON file holding one."""
-    if not text:
-        return {}
-    try:
-        # Inline JSON starts with "{"; anything else names a file (checking it as a path first would
-        # fail on long inline configs: the name is too long for the file system).
-        source = text if text.lstrip().startswith("{") else Path(text).read_text()
-        config = json.loads(source)
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserInputError(f"--model_config {text[:80]!r}: not a JSON object or JSON file ({error})") from None
-    if not isinstance(config, dict):
-        raise UserInputError(f"--model_config {text[:80]!r}: expected a JSON object")
-    # A release-style config file (as in tests/fixtures) nests the constructor arguments under "config".
-    return config.get("config", config) if set(config) <= {"config", "n_parameters", "input_shape", "output_shapes"} else config
-
-
-def model_input_config(model_name: str, n_chunk: int, n_channels_per_slice: int, model_config: dict) -> dict:
-    """Adds the input width (n_chunk slices x channels) to a model config unless it sets one."""
-    if "input_channels" in model_config or "input_channels_segmentation" in model_config:
-        return model_config
-    return {**model_config, "input_channels": n_chunk * n_channels_per_slice}
-
-
-def list_checkpoints(directory: Path) -> list[Path]:
-    """Training checkpoints ``model-XXXXXXXX.pth`` in ``directory``, oldest step first.
-
-    Temporary files of an interrupted save (``.model-XXXXXXXX.pth.*``) never match.
-    """
-    if not directory.is_dir():
-        return []
-    return sorted(path for path in directory.iterdir() if CHECKPOINT_NAME.fullmatch(path.name))
-
-
-def remove_stale_temporaries(directory: Path) -> None:
-    """Deletes half-written checkpoints (``.model-*.pth.*``, ``.best.pth.*`` one folder up) and
-    write probes left by a run killed while saving."""
-    for folder, pattern in ((directory, ".model-*.pth.*"), (directory, ".write-probe-*"), (directory.parent, ".best.pth.*")):
-        for path in folder.glob(pattern) if folder.is_dir() else ():
-            path.unlink(missing_ok=True)
-
-
-def warn(message: str) -> None:
-    """One warning line on stderr (kept apart from the progress bar's output)."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def latest_complete_checkpoint(directory: Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint in ``directory`` that loads, with its contents; None when there is none.
-
-    A newest file that is truncated or corrupt (e.g. copied or written by hand while a run was
-    killed) is skipped with a one-line warning, and the one before it is used.
-    """
-    for path in reversed(list_checkpoints(directory)):
-        try:
-            checkpoint = read_checkpoint(path)
-        except UserInputError as error:
-            warn(f"skipping {error}")
-            continue
-        if "model_state_dict" not in checkpoint or "train_state" not in checkpoint:
-            warn(f"skipping {path}: not a complete training checkpoint")
-            continue
-        return path, checkpoint
-    return None
-
-
-def check_free_space(directory: Path, bytes_needed: int) -> None:
-    """Fails when ``directory`` has less than twice the room one checkpoint takes."""
-    free = shutil.disk_usage(directory).free
-    if free < 2 * bytes_needed:
-        raise fail(directory, f"only {free / 2**20:.1f} MiB free, a checkpoint needs about {bytes_needed / 2**20:.1f} MiB")
-
-
-def check_writable(directory: Path, bytes_needed: int) -> None:
-    """Fails before training (before any checkpoint is touched) when the folder cannot take another.
-
-    Checked three ways, since each alone can be fooled: permissions (``os.access``: a folder the
-    user may not write), a probe file actually written (read-only mounts and quotas, which
-    ``os.access`` misses, as it does everything for root), and free space.
-    """
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise fail(directory, f"cannot create the checkpoint folder ({error.strerror or error})") from None
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise fail(directory, "checkpoint folder is not writable (permission denied)")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
-        try:
-            os.write(handle, b"0")
-            os.fsync(handle)
-        finally:
-            os.close(handle)
-            os.unlink(probe)
-    except OSError as error:
-        raise fail(directory, f"checkpoint folder is not writable ({error.strerror or error})") from None
-    check_free_space(directory, bytes_needed)
-
-
-def check_volume_pairs(scan_paths: list[str], ground_truth_paths: list[str], two_dimensional: bool = False) -> tuple[int, ...]:
-    """Opens every listed volume (memory-mapped: headers only) and checks dtype, ndim and pairing.
-
-    Done before anything is written, so a bad file stops the run at once with one line instead of
-    failing mid-epoch (inside a data-loader worker, whose error would arrive wrapped in a traceback).
-    ``two_dimensional``: RGB images (H, W, 3) with masks (H, W). Returns the first scan's shape.
-    """
-    first_shape = None
-    for scan_path, ground_truth_path in zip(scan_paths, ground_truth_paths):
-        scan, mask = load_volume(scan_path), load_volume(ground_truth_path, ndim=2 if two_dimensional else 3)
-        check_same_shape(scan, scan_path, mask, ground_truth_path)
-        first_shape = first_shape or scan.shape
-    return first_shape
 
 
 def check_resume_config(path: Path, saved: dict, config: TrainConfig) -> None:

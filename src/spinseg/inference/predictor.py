@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.transforms import Normalization
-from .data.volumes import stack_slices
+from spinseg.data.transforms import Normalization
+from spinseg.data.volumes import stack_slices
 
 
 def iterate_slice_batches(

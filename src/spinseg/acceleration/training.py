@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fast_inference import to_channels_last
-from .models.blocks import Conv2dBlock, accurate_batch_norms
-from .models.layers_extra import ConvNormActivation
+from spinseg.acceleration.inference import to_channels_last
+from spinseg.models.blocks import Conv2dBlock, accurate_batch_norms
+from spinseg.models.layers_extra import ConvNormActivation
 
 # Activations whose in-place backward PyTorch supports from their output alone.
 IN_PLACE_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from .constants import ATLAS_MEAN, ATLAS_STD
+from spinseg.constants import ATLAS_MEAN, ATLAS_STD
 
 # The release's h5 export for D-UNet, CLCI-Net and X-Net divides T1 intensities by 100.
 DIVIDE_BY_100 = {"dataset_normalization": "standard", "dataset_means": [0.0], "dataset_stddevs": [100.0]}
@@ -55,7 +55,7 @@ RECIPES = {
 
 def recipe(name: str) -> ModelRecipe:
     """The recipe of model ``name`` (a registry name)."""
-    from .errors import UserInputError
+    from spinseg.errors import UserInputError
 
     if name not in RECIPES:
         raise UserInputError(f"no recipe for model {name!r}; known: {', '.join(RECIPES)}")

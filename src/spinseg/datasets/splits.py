@@ -101,7 +101,7 @@ def list_splits(data_split_root: str | os.PathLike) -> list[str]:
 
 def write_split(split_dir: str | os.PathLike, split: dict[str, list[str]]) -> None:
     """Writes ``{"train": [...], ...}`` as sorted ``<role>_subjects.txt`` files (atomically)."""
-    from spinseg.fileio import write_lines
+    from spinseg.io.files import write_lines
 
     for role, subjects in split.items():
         write_lines(Path(split_dir) / f"{role}{SUBJECTS_SUFFIX}", sorted(subjects))

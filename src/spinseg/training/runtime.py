@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..errors import UserInputError
+from spinseg.errors import UserInputError
 
 
 def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:

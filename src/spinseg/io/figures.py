@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .fileio import atomic_path
+from spinseg.io.files import atomic_path
 
 GROUND_TRUTH_COLOUR = (0.1, 0.9, 0.2)
 PREDICTION_COLOUR = (0.95, 0.15, 0.15)

@@ -1,27 +1,31 @@
 """Evaluation behind ``python -m spinseg.evaluate``: Tables 2 and 3 and the lesion-level report."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import reporting
-from ..checkpoint import load_model
-from ..config import EvaluateConfig
-from ..data.images_2d import is_rgb_image_file, load_image, load_mask, predict_image
-from ..data.transforms import Normalization
-from ..data.volumes import check_same_shape, load_volume, read_paired_lists
-from ..errors import UserInputError, fail
-from ..fileio import write_json, write_text
-from ..fast_inference import predict_volume_fast, prepare_inference_model
-from ..inference import predict_volume
-from ..metrics import pooled_release_metrics
-from ..visualize import save_overlay_montage, save_slice_panel
-from .runtime import select_device
-from .trainer import check_volume_pairs, model_input_config, parse_model_config
+from spinseg.acceleration.inference import predict_volume_fast, prepare_inference_model
+from spinseg.data.images import is_rgb_image_file, load_image, load_mask, predict_image
+from spinseg.data.transforms import Normalization
+from spinseg.data.volumes import (
+    check_same_shape,
+    check_volume_pairs,
+    load_volume,
+    read_paired_lists,
+)
+from spinseg.errors import UserInputError, fail
+from spinseg.evaluation import reporting
+from spinseg.evaluation.metrics import pooled_release_metrics
+from spinseg.inference.predictor import predict_volume
+from spinseg.io.figures import save_overlay_montage, save_slice_panel
+from spinseg.io.files import write_json, write_text
+from spinseg.models.checkpoint import load_model
+from spinseg.models.model_config import model_input_config, parse_model_config
+from spinseg.recipes.config import EvaluateConfig
+from spinseg.training.runtime import select_device
 
 KNOWN_METRIC_GROUPS = ("release", "challenge", "size")
 
@@ -36,7 +40,7 @@ def save_prediction_nifti(probabilities_mask: np.ndarray, path: Path, reference:
     """Writes a uint8 mask as NIfTI with the reference image's affine (MNI template when none)."""
     import nibabel
 
-    from ..fileio import atomic_path
+    from spinseg.io.files import atomic_path
 
     if reference:
         affine = nibabel.load(reference).affine
@@ -158,7 +162,7 @@ def volume_probabilities(model, scan: np.ndarray, config: EvaluateConfig, normal
 
 def read_small_lesion_slices(path: str, n_subjects: int) -> list[np.ndarray]:
     """Reads a list file whose line k names subject k's slice-index file (.npy or .txt)."""
-    from ..data.volumes import read_path_list
+    from spinseg.data.volumes import read_path_list
 
     entries = read_path_list(path)
     if len(entries) != n_subjects:
@@ -179,7 +183,7 @@ def evaluate_images(config: EvaluateConfig, model, normalization, device, image_
     Predictions are made on the stored image and resized to the ground truth's size, so scoring
     against the original-size masks works when setup resized the images.
     """
-    from ..metrics import mean_over_subjects, release_metrics
+    from spinseg.evaluation.metrics import mean_over_subjects, release_metrics
 
     records = []
     started = time.time()
@@ -193,7 +197,7 @@ def evaluate_images(config: EvaluateConfig, model, normalization, device, image_
         if config.do_visualize_predictions:
             grey = np.asarray(image, dtype=np.float32).mean(axis=-1)
             if grey.shape != ground_truth.shape:
-                from ..data.images_2d import resize_probabilities
+                from spinseg.data.images import resize_probabilities
 
                 grey = resize_probabilities(grey, ground_truth.shape)
             save_slice_panel(grey, ground_truth, prediction, output / "visualizations" / f"{name}.png", title=name)

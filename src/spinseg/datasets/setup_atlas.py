@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -31,18 +30,26 @@ from typing import Callable
 import numpy as np
 
 from spinseg.constants import ATLAS_MASK_SUFFIX, SMALL_LESION_MAX_PIXELS
-from spinseg.data.atlas_raw import BIDS, FORMATS, R12, RawSubject, discover, load_subject, output_relative_paths
-from spinseg.data.small_lesion import small_lesion_map, small_lesion_slices
-from spinseg.data.splits import (
-    SUBJECTS_SUFFIX,
-    R12_SUBJECT_PATTERN,
+from spinseg.datasets.atlas_raw import (
+    BIDS,
+    FORMATS,
+    R12,
+    RawSubject,
+    discover,
+    load_subject,
+    output_relative_paths,
+)
+from spinseg.datasets.small_lesion import small_lesion_map, small_lesion_slices
+from spinseg.datasets.splits import (
     BIDS_SUBJECT_PATTERN,
+    R12_SUBJECT_PATTERN,
+    SUBJECTS_SUFFIX,
     list_splits,
     read_split,
     subject_group,
 )
-from spinseg.errors import UserInputError, fail
-from spinseg.fileio import read_lines, save_npy, write_lines
+from spinseg.errors import UserInputError, fail, warn
+from spinseg.io.files import read_lines, save_npy, write_lines
 
 DEFAULT_ATLAS_DIR = "data/atlas/atlas_standard"
 DEFAULT_OUTPUT_DIR = "data/atlas_spin/atlas_standard"
@@ -204,15 +211,11 @@ def find_missing(splits: dict[str, dict[str, list[str]]], present: set[str]) -> 
     return missing
 
 
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
 def setup_atlas(atlas_dir: str | os.PathLike = DEFAULT_ATLAS_DIR, output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR,
                 data_split_dir: str | os.PathLike | None = None, lists_dir: str | os.PathLike = ".",
                 n_workers: int = 1, allow_missing: bool = False, data_format: str = R12,
                 split_seed: int = 1, n_folds: int = 0, log: Callable[[str], None] = print,
-                warn: Callable[[str], None] = _warn) -> dict:
+                warn: Callable[[str], None] = warn) -> dict:
     """Converts a raw ATLAS tree and writes the path lists; returns a summary dict.
 
     ``data_split_dir`` defaults to ``data_split/atlas`` for R1.2; for ``"bids"`` without one, a

@@ -12,8 +12,8 @@ import math
 import typing
 from dataclasses import dataclass, field
 
-from .constants import ATLAS_MEAN, ATLAS_STD
-from .errors import UserInputError
+from spinseg.constants import ATLAS_MEAN, ATLAS_STD
+from spinseg.errors import UserInputError
 
 
 @dataclass

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..errors import UserInputError, fail
-from ..fileio import save_npy, write_json, write_lines
-from .transforms import AugmentationConfig, Normalization, add_noise, augment
+from spinseg.errors import UserInputError, fail
+from spinseg.io.files import save_npy, write_json, write_lines
+from spinseg.data.transforms import AugmentationConfig, Normalization, add_noise, augment
 
 IMAGES_FOLDER = "images"
 GROUND_TRUTHS_FOLDER = "ground_truths"
