@@ -214,12 +214,15 @@ def reference_state_dict(name: str, config: dict, n_chunk: int, normalization, s
     (with the defaults, mean 0 and variance 1, folding batch norm would be almost a no-op and the
     check of it meaningless).
     """
-    from .checkpoint import model_from_checkpoint, read_checkpoint
+    from .checkpoint import load_model, model_from_checkpoint, read_checkpoint
+    from .models.keras_weights import is_hdf5_file
     from .data.volumes import load_volume, stack_slices
     from .models import build_model
 
     torch.manual_seed(seed)
     if checkpoint:
+        if is_hdf5_file(checkpoint):  # the authors' Keras weights
+            return load_model(checkpoint, name, **config).state_dict()
         model = model_from_checkpoint(read_checkpoint(checkpoint), checkpoint, name, **config)
         return model.state_dict()
     model = build_model(name, **config)

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..checkpoint import load_state_dict_checked, model_from_checkpoint, read_checkpoint, save_checkpoint
+from ..checkpoint import load_model, load_state_dict_checked, model_from_checkpoint, read_checkpoint, save_checkpoint
 from ..config import TrainConfig, schedule_value, validate_train_config
 from ..data.images_2d import ImageTrainingDataset, is_rgb_image_file, load_image, load_mask, predict_image
 from ..data.slices import SliceTrainingDataset
@@ -30,6 +30,7 @@ from ..fast_inference import predict_volume_fast, prepare_inference_model
 from ..fast_training import prepare_training_model
 from ..metrics import mean_over_subjects, release_metrics
 from ..models import build_model
+from ..models.keras_weights import is_hdf5_file
 from .runtime import (DistributedContext, init_distributed, native_bf16, rng_state, seed_everything, select_device,
                       set_rng_state)
 
@@ -249,9 +250,12 @@ def train(config: TrainConfig) -> dict:
             restore, checkpoint = found
             check_resume_config(restore, checkpoint.get("train_config", {}), config)
             print(f"resuming from {restore}", flush=True)
-    if restore:
+    if restore and is_hdf5_file(restore):  # the authors' Keras weights: no optimizer or training state
+        checkpoint, loaded = {}, load_model(restore, config.model_name, **model_config)
+    elif restore:
         checkpoint = checkpoint if checkpoint is not None else read_checkpoint(restore)
         loaded = model_from_checkpoint(checkpoint, restore, config.model_name, **model_config)
+    if restore:
         # Strict, one-line check: a checkpoint of another configuration names the keys that differ.
         load_state_dict_checked(model, loaded.state_dict(), restore, f"model {config.model_name!r} as configured")
         if "optimizer_state_dict" in checkpoint:

@@ -325,9 +325,13 @@ def load_keras_model(path: str | os.PathLike, name: str, **config) -> nn.Module:
     except (OSError, KeyError, ValueError, TypeError) as error:
         raise fail(path, f"not a readable Keras weights file ({str(error).splitlines()[0][:160] if str(error) else type(error).__name__})") from None
     try:
-        model_config = {**CONFIG_READERS[name](layers), **config, "keras_release": True}
+        described = CONFIG_READERS[name](layers)
     except (ValueError, IndexError) as error:
         raise fail(path, f"not the Keras weights of {name!r}: {error}") from None
+    requested = config.get("input_channels", described["input_channels"])
+    if requested != described["input_channels"]:
+        raise fail(path, f"this {name!r} takes {described['input_channels']} input slice(s), not {requested} (e.g. --n_chunk)")
+    model_config = {**described, **config, "keras_release": True}
     model = build_model(name, **model_config)
     try:
         pairs = match_layers(layers, list(PORT_SLOTS[name](model)))
