@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from spinseg import boundary_metrics, metrics, predict, reporting, score
+from spinseg import boundary_metrics, cli, metrics, predict, reporting, score
 from spinseg.errors import UserInputError
 
 ANISOTROPIC_AFFINE = np.diag([1.0, 1.0, 3.0, 1.0])
@@ -53,7 +53,8 @@ def test_mask_kinds_header_spacing_and_unmatched_subjects(tmp_path, capsys):
     save(tmp_path / "pred/sub-02_desc-lesion_mask.nii.gz", probability)
     save(tmp_path / "pred/sub-09_desc-lesion_mask.nii.gz", binary.astype(np.uint8))
     output = tmp_path / "out"
-    assert score.main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--pred_suffix", "_mask",
+    # Through the package's entry point: `spinseg score ...`.
+    assert cli.main(["score", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--pred_suffix", "_mask",
                        "--gt_suffix", "_roi", "--output", str(output), "--tolerance_mm", "3"]) == 0
     stderr = capsys.readouterr().err
     assert "no prediction for 1 ground truth(s): sub-03" in stderr and "no ground truth for 1 prediction(s): sub-09" in stderr

@@ -307,10 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pred_suffix", default="", help="end of prediction names to strip for pairing, e.g. _lesion_mask; other files are skipped")
     parser.add_argument("--gt_suffix", default="", help="end of ground-truth names to strip for pairing, e.g. _LesionSmooth_stx; other files are skipped")
     parser.add_argument("--threshold", type=float, default=defaults.threshold, help="probability maps (values in [0, 1]) become value > threshold")
-    parser.add_argument("--label", type=int, default=None, help="lesion label of label maps: mask = value == N (required for maps with more than two values)")
+    parser.add_argument("--label", type=int, default=None, help="lesion label of label maps, in both folders: mask = value == N (required for maps with more than two values)")
     parser.add_argument("--tolerance_mm", type=float, default=defaults.tolerance_mm, help="NSD tolerance in mm")
-    parser.add_argument("--metrics", nargs="*", default=defaults.metrics, help=f"metric groups to print: any of {', '.join(METRIC_GROUPS)} (release is always computed)")
-    parser.add_argument("--method_name", default="", help="name of the method in the tables (default: the --pred folder's name)")
+    parser.add_argument("--metrics", nargs="*", default=defaults.metrics, help=f"metric groups shown: any of {', '.join(METRIC_GROUPS)}; boundary metrics are computed only when listed")
+    parser.add_argument("--method_name", default="", help="name of the method in the tables; empty: the --pred folder's name")
     parser.add_argument("--benchmark", action="store_true", help="time scoring one synthetic 197x233x189 pair with all metrics, print the figure and exit")
     return parser
 
