@@ -16,13 +16,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from spinseg.config import TrainConfig, schedule_value
+from spinseg.recipes.config import TrainConfig, schedule_value
 from spinseg.data.slices import SliceTrainingDataset
 from spinseg.data.transforms import AugmentationConfig, Normalization
 from spinseg.data.volumes import read_paired_lists
-from spinseg.engine.runtime import init_distributed, seed_everything, select_device, shutdown_distributed
-from spinseg.engine.trainer import ResumableDistributedSampler, model_input_config, parse_model_config
-from spinseg.fast_training import prepare_training_model
+from spinseg.training.runtime import init_distributed, seed_everything, select_device, shutdown_distributed
+from spinseg.training.trainer import ResumableDistributedSampler
+from spinseg.models.model_config import model_input_config, parse_model_config
+from spinseg.acceleration.training import prepare_training_model
 from spinseg.models import build_model
 
 

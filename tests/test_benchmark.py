@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from spinseg.allocator import tune_glibc_malloc
-from spinseg.benchmark import TOLERANCE_AMP, PeakMemory, importable_models, matmul_gflops, write_synthetic_volumes
+from spinseg.acceleration.allocator import tune_glibc_malloc
+from spinseg.experiments.benchmark import TOLERANCE_AMP, PeakMemory, importable_models, matmul_gflops, write_synthetic_volumes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +120,7 @@ def test_synthetic_volumes_have_empty_end_slices(tmp_path):
 
 
 def test_inference_comparison_counts_mask_differences_and_dice(tmp_path):
-    from spinseg.benchmark import compare_inference
+    from spinseg.experiments.benchmark import compare_inference
 
     scan = np.full((4, 5, 3), 50.0, dtype=np.float32)  # no background window: every slice counts as run
     plain = np.zeros(scan.shape, dtype=np.float32)

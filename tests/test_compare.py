@@ -4,9 +4,9 @@ import json
 import pytest
 
 from helpers import write_volume_set
-from spinseg.compare import compare, comparison_markdown
+from spinseg.experiments.compare import compare, comparison_markdown
 from spinseg.errors import UserInputError
-from spinseg.recipes import RECIPES, recipe, train_defaults
+from spinseg.recipes.named import RECIPES, recipe, train_defaults
 from spinseg.models import available_models
 
 

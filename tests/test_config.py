@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spinseg.config import TrainConfig, schedule_value, validate_train_config
+from spinseg.recipes.config import TrainConfig, schedule_value, validate_train_config
 from spinseg.data.volumes import stack_slices
 from spinseg.errors import UserInputError
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from spinseg.data.splits import is_subject_id, list_splits, read_split, read_subject_list, subject_group, write_split
+from spinseg.datasets.splits import is_subject_id, list_splits, read_split, read_subject_list, subject_group, write_split
 from spinseg.errors import UserInputError
 
 SPLIT_ROOT = Path(__file__).resolve().parents[1] / "data_split" / "atlas"

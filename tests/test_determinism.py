@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from spinseg.checkpoint import read_checkpoint
+from spinseg.models.checkpoint import read_checkpoint
 from test_resume import assert_same_tensors, make_data, subprocess_environment, training_command
 
 STEPS = 6
@@ -34,7 +34,7 @@ def test_seed_everything_fixes_every_generator_and_rng_state_round_trips():
     import numpy as np
     import torch
 
-    from spinseg.engine.runtime import rng_state, seed_everything, set_rng_state
+    from spinseg.training.runtime import rng_state, seed_everything, set_rng_state
 
     seed_everything(11)
     state = rng_state()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spinseg import download
+from spinseg.inference import pretrained as download
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]

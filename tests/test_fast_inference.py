@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from spinseg.data.transforms import Normalization
-from spinseg.engine.trainer import parse_model_config
-from spinseg.fast_inference import (
+from spinseg.models.model_config import parse_model_config
+from spinseg.acceleration.inference import (
     FusedConvolutionActivation,
     onednn_bf16_available,
     background_windows,
@@ -23,7 +23,7 @@ from spinseg.fast_inference import (
     space_to_depth_convolution,
     to_channels_last,
 )
-from spinseg.inference import predict_volume
+from spinseg.inference.predictor import predict_volume
 from spinseg.models import build_model
 from spinseg.models.blocks import Conv2dBlock, space_to_depth
 from spinseg.models.layers_extra import ConvNormActivation

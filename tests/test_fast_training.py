@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spinseg.engine.trainer import parse_model_config
-from spinseg.fast_training import in_place_block_activations, prepare_training_model
+from spinseg.models.model_config import parse_model_config
+from spinseg.acceleration.training import in_place_block_activations, prepare_training_model
 from spinseg.models import build_model
 from spinseg.models.blocks import AccurateBatchNorm2d
 

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from raw_fixtures import GLAS_IMAGES, RITE_SHAPE, write_glas_tree, write_rite_tree
-from spinseg.data import glas, rite
-from spinseg.data.images_2d import (
+from spinseg.datasets import glas
+from spinseg.datasets import rite
+from spinseg.data.images import (
     ImageTrainingDataset,
     compute_channel_statistics,
     is_rgb_image_file,
@@ -347,9 +348,9 @@ def test_predict_image_returns_probabilities_at_image_or_requested_size(rite_pre
 
 @pytest.mark.parametrize("dataset", ["warwick", "rite"])
 def test_short_spin_training_and_evaluation_on_2d_rgb_data(dataset, glas_prepared, rite_prepared, tmp_path, capsys):
-    from spinseg.config import EvaluateConfig, TrainConfig
-    from spinseg.engine.evaluator import evaluate
-    from spinseg.engine.trainer import train
+    from spinseg.recipes.config import EvaluateConfig, TrainConfig
+    from spinseg.evaluation.evaluator import evaluate
+    from spinseg.training.trainer import train
 
     _, output_dir, lists_dir = (glas_prepared if dataset == "warwick" else rite_prepared)[:3]
     statistics = json.loads((output_dir / "statistics.json").read_text())

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from spinseg import metrics
+from spinseg.evaluation import metrics
 
 
 def _line(length: int, ones: list[int]) -> np.ndarray:

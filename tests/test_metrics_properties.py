@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
-from spinseg import metrics
+from spinseg.evaluation import metrics
 
 shapes = array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6)
 

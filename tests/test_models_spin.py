@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from spinseg.checkpoint import load_model
+from spinseg.models.checkpoint import load_model
 from spinseg.errors import UserInputError
 from spinseg.models import build_model
 from spinseg.models.spin import SPiN, SPiNConfig

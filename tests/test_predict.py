@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from nibabel.processing import resample_from_to
 
-from spinseg import predict
+from spinseg.inference import scan as predict
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL_CHECKPOINT = str(FIXTURES / "spin_small_original_format.pth")

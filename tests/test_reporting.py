@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spinseg import metrics, reporting
+from spinseg.evaluation import metrics
+
+from spinseg.evaluation import reporting
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SHAPE = (24, 24, 12)

@@ -18,8 +18,8 @@ import torch
 
 import spinseg
 from helpers import SMALL_SPIN_CONFIG, write_volume_set
-from spinseg.checkpoint import read_checkpoint
-from spinseg.engine.trainer import latest_complete_checkpoint, list_checkpoints, remove_stale_temporaries
+from spinseg.models.checkpoint import read_checkpoint
+from spinseg.training.run_folder import latest_complete_checkpoint, list_checkpoints, remove_stale_temporaries
 
 PLANNED_STEPS = 12
 CHECKPOINT_EVERY = 2
@@ -147,7 +147,7 @@ def test_resume_after_repeated_sigkill_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_latest_complete_checkpoint_skips_a_corrupt_newest_file(tmp_path, capsys):
-    from spinseg.checkpoint import save_checkpoint
+    from spinseg.models.checkpoint import save_checkpoint
 
     model = torch.nn.Linear(2, 1)
     for step in (2, 4):

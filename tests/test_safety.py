@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from helpers import SMALL_SPIN_CONFIG, write_volume_set
-from spinseg.checkpoint import export_safetensors, load_model, read_checkpoint, save_checkpoint
-from spinseg.config import TrainConfig
-from spinseg.engine.trainer import train
+from spinseg.models.checkpoint import export_safetensors, load_model, read_checkpoint, save_checkpoint
+from spinseg.recipes.config import TrainConfig
+from spinseg.training.trainer import train
 from spinseg.errors import UserInputError
 from spinseg.models import build_model
 from test_bad_inputs import assert_one_line_error, run_cli

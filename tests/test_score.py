@@ -10,7 +10,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from spinseg import boundary_metrics, cli, metrics, predict, reporting, score
+from spinseg import boundary_metrics, metrics, score
+from spinseg.cli.main import main as spinseg_main
+from spinseg.cli.predict import main as predict_main
+from spinseg.evaluation import reporting
+from spinseg.inference import scan as predict
 from spinseg.errors import UserInputError
 
 ANISOTROPIC_AFFINE = np.diag([1.0, 1.0, 3.0, 1.0])
@@ -54,7 +58,7 @@ def test_mask_kinds_header_spacing_and_unmatched_subjects(tmp_path, capsys):
     save(tmp_path / "pred/sub-09_desc-lesion_mask.nii.gz", binary.astype(np.uint8))
     output = tmp_path / "out"
     # Through the package's entry point: `spinseg score ...`.
-    assert cli.main(["score", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--pred_suffix", "_mask",
+    assert spinseg_main(["score", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--pred_suffix", "_mask",
                        "--gt_suffix", "_roi", "--output", str(output), "--tolerance_mm", "3"]) == 0
     stderr = capsys.readouterr().err
     assert "no prediction for 1 ground truth(s): sub-03" in stderr and "no ground truth for 1 prediction(s): sub-09" in stderr
@@ -104,8 +108,8 @@ def test_score_of_predict_outputs_equals_the_evaluator(tmp_path, monkeypatch):
     masks and the ground truths gives the evaluator's numbers for the same subjects (as .npy lists)."""
     from test_predict import SMALL_CHECKPOINT, SMALL_CONFIG, coarse_template, ellipsoid_brain
 
-    from spinseg.config import EvaluateConfig
-    from spinseg.engine.evaluator import evaluate
+    from spinseg.recipes.config import EvaluateConfig
+    from spinseg.evaluation.evaluator import evaluate
 
     # A 4 mm MNI-like grid keeps the network affordable; scans on the template grid are not resampled.
     monkeypatch.setattr(predict, "template_grid", coarse_template)
@@ -131,7 +135,7 @@ def test_score_of_predict_outputs_equals_the_evaluator(tmp_path, monkeypatch):
     (tmp_path / "scans.txt").write_text("\n".join(scan_paths) + "\n")
     (tmp_path / "masks.txt").write_text("\n".join(mask_paths) + "\n")
 
-    assert predict.main(["--model", "spin", "--checkpoint", SMALL_CHECKPOINT, "--model_config", SMALL_CONFIG,
+    assert predict_main(["--model", "spin", "--checkpoint", SMALL_CHECKPOINT, "--model_config", SMALL_CONFIG,
                          "--input", str(tmp_path / "scans"), "--output", str(tmp_path / "pred"), "--save_probability",
                          "--device", "cpu", "--batch_size", "24"]) == 0
     evaluated = evaluate(EvaluateConfig(

@@ -11,12 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from spinseg.data.atlas_raw import discover
-from spinseg.data.setup_atlas import make_bids_splits, setup_atlas, setup_main
-from spinseg.data.splits import read_split
-from spinseg.data.synthetic import write_synthetic_atlas
+from spinseg.datasets.atlas_raw import discover
+from spinseg.datasets.setup_atlas import make_bids_splits, setup_atlas, setup_main
+from spinseg.datasets.splits import read_split
+from spinseg.datasets.synthetic import write_synthetic_atlas
 from spinseg.errors import cli_entry
-from spinseg.fileio import read_lines
+from spinseg.io.files import read_lines
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (24, 28, 24)

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.measure import label as skimage_label
 
-from spinseg.data.setup_atlas import read_slice_indices, setup_atlas, setup_small_lesion
-from spinseg.data.small_lesion import largest_lesion_per_slice, small_lesion_map, small_lesion_slices
-from spinseg.data.synthetic import write_synthetic_atlas
-from spinseg.fileio import read_lines
+from spinseg.datasets.setup_atlas import read_slice_indices, setup_atlas, setup_small_lesion
+from spinseg.datasets.small_lesion import largest_lesion_per_slice, small_lesion_map, small_lesion_slices
+from spinseg.datasets.synthetic import write_synthetic_atlas
+from spinseg.io.files import read_lines
 
 REPO = Path(__file__).resolve().parents[1]
 

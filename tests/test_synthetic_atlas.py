@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from spinseg.constants import ATLAS_MEAN, ATLAS_STD
-from spinseg.data.small_lesion import small_lesion_slices
-from spinseg.data.splits import list_splits, read_split
-from spinseg.data.synthetic import (
+from spinseg.datasets.small_lesion import small_lesion_slices
+from spinseg.datasets.splits import list_splits, read_split
+from spinseg.datasets.synthetic import (
     default_shape,
     generate_subject,
     load_head_model,

@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from helpers import SMALL_SPIN_CONFIG, write_volume_set
-from spinseg.checkpoint import load_model
-from spinseg.config import TrainConfig, EvaluateConfig
+from spinseg.models.checkpoint import load_model
+from spinseg.recipes.config import TrainConfig, EvaluateConfig
 from spinseg.data.slices import SliceTrainingDataset
-from spinseg.engine.evaluator import evaluate
-from spinseg.engine.runtime import seed_everything
-from spinseg.engine.trainer import parse_model_config, train
+from spinseg.evaluation.evaluator import evaluate
+from spinseg.training.runtime import seed_everything
+from spinseg.models.model_config import parse_model_config
+from spinseg.training.trainer import train
 from spinseg.models import build_model
 
 

@@ -38,3 +38,8 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
         return 0 if status is None else int(status)
 
     return wrapped
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (kept apart from the progress bar's output)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

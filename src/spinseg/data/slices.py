@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .transforms import AugmentationConfig, Normalization, add_noise, augment
-from .volumes import check_same_shape, lesion_slice_indices, load_volume, stack_slices
+from spinseg.data.transforms import AugmentationConfig, Normalization, add_noise, augment
+from spinseg.data.volumes import check_same_shape, lesion_slice_indices, load_volume, stack_slices
 
 
 def crop_window(

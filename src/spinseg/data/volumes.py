@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import fail
-from ..fileio import read_lines
+from spinseg.errors import fail
+from spinseg.io.files import read_lines
 
 NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
 
@@ -81,3 +81,18 @@ def stack_slices(volume: np.ndarray, index: int, n_chunk: int, pad_value: float)
 def lesion_slice_indices(mask: np.ndarray) -> np.ndarray:
     """Axial slice indices (last axis) whose ground truth holds any lesion voxel: (H, W, D) -> (K,)."""
     return np.flatnonzero(np.asarray(mask).reshape(-1, mask.shape[-1]).any(axis=0))
+
+
+def check_volume_pairs(scan_paths: list[str], ground_truth_paths: list[str], two_dimensional: bool = False) -> tuple[int, ...]:
+    """Opens every listed volume (memory-mapped: headers only) and checks dtype, ndim and pairing.
+
+    Done before anything is written, so a bad file stops the run at once with one line instead of
+    failing mid-epoch (inside a data-loader worker, whose error would arrive wrapped in a traceback).
+    ``two_dimensional``: RGB images (H, W, 3) with masks (H, W). Returns the first scan's shape.
+    """
+    first_shape = None
+    for scan_path, ground_truth_path in zip(scan_paths, ground_truth_paths):
+        scan, mask = load_volume(scan_path), load_volume(ground_truth_path, ndim=2 if two_dimensional else 3)
+        check_same_shape(scan, scan_path, mask, ground_truth_path)
+        first_shape = first_shape or scan.shape
+    return first_shape

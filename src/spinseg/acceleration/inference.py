@@ -1,0 +1,394 @@
+"""The optimised inference path: same probabilities as :func:`spinseg.inference.predict_volume`, faster.
+
+Levers, each measured by ``python -m spinseg.benchmark`` (see docs/performance.md):
+
+* batch norm folded into the preceding bias-free convolution (:func:`fuse_conv_batch_norm`), which
+  removes one full read and write of every feature map;
+* channels-last (NHWC) weights and inputs, the layout oneDNN (CPU) and cuDNN (GPU) convolutions
+  prefer; on a 2-core CPU this is the largest single win;
+* a space-to-depth followed by a k x k convolution becomes one convolution with an (r*k) x (r*k)
+  kernel and stride r on the original map (:func:`fold_space_to_depth`): the same products, without
+  writing the rearranged copy (SPiN's subpixel guidance and learnable downsampler);
+* on the CPU, each 2-D convolution and the activation after it run as one oneDNN call with the
+  activation as a post-op (:func:`fuse_convolution_activations`), so an activation no longer reads
+  and writes every feature map again (SPiN's 2H x 2W maps are ~94 MB a batch of 8);
+* slices whose whole ``n_chunk`` input window is background are not run through the network
+  (``skip_background``), with a check that this cannot change the thresholded mask;
+* optional ``torch.compile`` and bf16 autocast (``amp``: GPUs, and CPUs with AVX512-BF16 or AMX).
+
+None of these but ``amp`` changes the model's math: outputs agree with the plain path within float
+rounding (bf16 autocast rounds to 8 mantissa bits; it is opt-in).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spinseg.data.transforms import Normalization
+from spinseg.data.volumes import stack_slices
+from spinseg.models.blocks import Conv2dBlock
+from spinseg.models.layers_extra import ConvNormActivation
+from spinseg.models.spin import LearnableDownsampler, SubpixelGuidance
+
+# Blocks whose forward is exactly "conv -> batch_norm -> ..." with nothing in between, so the batch
+# norm may be folded into the convolution. Blocks that resample between the two (KiU-Net's
+# ConvResampleBlock max-pools there, and max-pooling does not commute with a negative scale) are
+# deliberately absent and stay as they are.
+FUSABLE_BLOCKS: tuple[type[nn.Module], ...] = (Conv2dBlock, ConvNormActivation)
+
+# A slice is "background" when its probability is below this; used to decide whether skipping
+# background slices can change the thresholded mask.
+MASK_THRESHOLD = 0.5
+
+
+def fused_convolution(convolution: nn.Conv2d | nn.Conv3d, batch_norm: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """A new convolution equal to ``batch_norm(convolution(x))`` in eval mode.
+
+    BN(y) = gamma * (y - mean) / sqrt(var + eps) + beta, and y = W * x + b, so the fused
+    convolution has W' = W * s (s = gamma / sqrt(var + eps), per output channel) and
+    b' = (b - mean) * s + beta. Computed in float64 so the fold itself adds no rounding worth
+    mentioning; the result is cast back to the convolution's dtype.
+    """
+    weight = convolution.weight.detach().double()
+    bias = convolution.bias.detach().double() if convolution.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
+    mean = batch_norm.running_mean.detach().double()
+    variance = batch_norm.running_var.detach().double()
+    gamma = batch_norm.weight.detach().double() if batch_norm.weight is not None else torch.ones_like(mean)
+    beta = batch_norm.bias.detach().double() if batch_norm.bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(variance + batch_norm.eps)
+
+    fused = copy.deepcopy(convolution)
+    dtype = convolution.weight.dtype
+    # Scale every output channel's kernel: broadcast (C_out,) over (C_out, C_in, k, k[, k]).
+    fused.weight = nn.Parameter((weight * scale.reshape(-1, *([1] * (weight.ndim - 1)))).to(dtype), requires_grad=False)
+    fused.bias = nn.Parameter(((bias - mean) * scale + beta).to(dtype), requires_grad=False)
+    return fused
+
+
+def fuse_conv_batch_norm(model: nn.Module) -> nn.Module:
+    """Returns an eval-mode copy of ``model`` with every foldable batch norm folded into its convolution.
+
+    Only valid for inference: in training, batch norm normalises with the *batch* statistics,
+    which a fixed fold cannot reproduce. The input model is left untouched. Blocks of
+    :data:`FUSABLE_BLOCKS` lose their ``batch_norm`` (set to None, which their forward skips) and
+    their convolution gains a bias; every other module is copied as it is.
+    """
+    fused_model = copy.deepcopy(model).eval()
+    for module in fused_model.modules():
+        if isinstance(module, FUSABLE_BLOCKS) and getattr(module, "batch_norm", None) is not None:
+            if not module.batch_norm.track_running_stats or module.batch_norm.running_mean is None:
+                continue  # batch norm without running statistics normalises per batch even in eval
+            module.conv = fused_convolution(module.conv, module.batch_norm)
+            module.batch_norm = None
+    return fused_model
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Stores every 4-D parameter and buffer of ``model`` channels-last (NHWC), in place; returns it.
+
+    ``model.to(memory_format=torch.channels_last)`` refuses models holding 5-D (3-D convolution)
+    weights, such as D-UNet's; those stay as they are here while its 2-D layers still convert.
+    Parameters keep their identity (only ``.data`` changes), so an optimizer built before or
+    after sees the same tensors.
+    """
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
+def space_to_depth_convolution(convolution: nn.Conv2d, block_size: int) -> nn.Conv2d:
+    """The convolution equal to ``convolution(space_to_depth(x, block_size))``, applied to ``x`` itself.
+
+    Space-to-depth puts pixel (i, j) of each r x r block of channel c into channel c*r*r + i*r + j,
+    so tap (dy, dx) of input channel c*r*r + i*r + j reads original row r*(y + dy - p) + i. With
+    u = r*dy + i and v = r*dx + j that is one convolution with kernel K[o, c, u, v] =
+    W[o, c*r*r + i*r + j, dy, dx] of size r*k, stride r and padding r*p: the same products and
+    sums, in another order. Needs stride 1, no dilation or groups, and "same" padding p = k // 2
+    (an (r*H, r*W) input then gives (H, W) exactly as before).
+    """
+    r = block_size
+    kernel_height, kernel_width = convolution.kernel_size
+    if (
+        convolution.stride != (1, 1) or convolution.dilation != (1, 1) or convolution.groups != 1
+        or convolution.padding != (kernel_height // 2, kernel_width // 2) or convolution.padding_mode != "zeros"
+    ):
+        raise ValueError(f"cannot fold space-to-depth into {convolution}")
+    out_channels, in_channels = convolution.out_channels, convolution.in_channels // (r * r)
+    weight = convolution.weight.detach().reshape(out_channels, in_channels, r, r, kernel_height, kernel_width)
+    # (o, c, i, j, dy, dx) -> (o, c, dy, i, dx, j) -> (o, c, r*k_h, r*k_w)
+    weight = weight.permute(0, 1, 4, 2, 5, 3).reshape(out_channels, in_channels, r * kernel_height, r * kernel_width)
+    # skip_init: no random initialisation, so preparing a model never advances torch's global RNG
+    # (the trainer prepares one for every validation, and resumed runs must draw the same numbers).
+    folded = nn.utils.skip_init(nn.Conv2d, in_channels, out_channels, (r * kernel_height, r * kernel_width), stride=r,
+                                padding=(r * (kernel_height // 2), r * (kernel_width // 2)), bias=convolution.bias is not None,
+                                device=weight.device, dtype=weight.dtype)
+    folded.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+    if convolution.bias is not None:
+        folded.bias = nn.Parameter(convolution.bias.detach().clone(), requires_grad=False)
+    return folded
+
+
+def fold_space_to_depth(model: nn.Module) -> nn.Module:
+    """Folds SPiN's space-to-depth steps into the convolutions after them, in place; returns ``model``.
+
+    SubpixelGuidance (resolutions r >= 1) and LearnableDownsampler rearrange a 2H x 2W map into
+    4x the channels at H x W and then convolve; :func:`space_to_depth_convolution` does both in one
+    strided convolution, and the module's block size is set to 1 so it no longer rearranges.
+    The logits' own space-to-depth in the downsampler (one channel) stays.
+    """
+    for module in model.modules():
+        if isinstance(module, SubpixelGuidance):
+            for index, block_size in enumerate(module.input_block_sizes):
+                first = module.conv_modules[index][0] if len(module.conv_modules[index]) else None
+                if block_size > 1 and isinstance(first, Conv2dBlock) and first.batch_norm is None:
+                    first.conv = space_to_depth_convolution(first.conv, block_size)
+                    module.input_block_sizes[index] = 1
+        elif isinstance(module, LearnableDownsampler) and module.feature_block_size > 1:
+            first = module.conv_block[0] if len(module.conv_block) else None
+            if isinstance(first, Conv2dBlock) and first.batch_norm is None:
+                first.conv = space_to_depth_convolution(first.conv, module.feature_block_size)
+                module.feature_block_size = 1
+    return model
+
+
+def onednn_fusion_available() -> bool:
+    """Whether this torch build has oneDNN's fused convolution + post-op kernel (CPU builds on x86 do)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_bf16_available() -> bool:
+    """Whether oneDNN runs bf16 convolutions on this CPU (natively or emulated on AVX-512; not on older CPUs)."""
+    return onednn_fusion_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+# Activations oneDNN can apply as a convolution post-op: module type -> (name, scalars from module).
+FUSABLE_ACTIVATIONS = {
+    nn.Identity: lambda module: ("none", []),
+    nn.ReLU: lambda module: ("relu", []),
+    nn.LeakyReLU: lambda module: ("leaky_relu", [module.negative_slope]),
+}
+
+
+class FusedConvolutionActivation(nn.Module):
+    """A bias-carrying 2-D convolution and its activation as one oneDNN call: (B, C_in, H, W) -> (B, C_out, H', W').
+
+    Built from a block whose batch norm is already folded (``conv`` then ``activation``). On a CPU
+    float32 input it calls ``torch.ops.mkldnn._convolution_pointwise`` with the activation as a
+    post-op, the kernel ``torch.compile`` itself uses for this pattern; the result is bit for bit
+    that of the convolution followed by the activation (the post-op is applied to the same fp32
+    accumulator). Under CPU bf16 autocast it does the same in bf16, with weights cast once and kept
+    (autocast would cast them on every call); the activation then sees the fp32 accumulator where
+    autocast rounds to bf16 first. Anywhere else (a GPU, other dtypes, gradients) it runs the two
+    plain modules.
+    """
+
+    def __init__(self, convolution: nn.Conv2d, activation: nn.Module, extra_padding: tuple[int, ...] | None = None):
+        super().__init__()
+        self.conv = convolution
+        self.activation = activation
+        self.extra_padding = extra_padding
+        self.post_op, self.post_op_scalars = FUSABLE_ACTIVATIONS[type(activation)](activation)
+        self._bf16_parameters: tuple = ()  # (weight in bf16, bias in bf16, identity of the fp32 sources)
+
+    def bf16_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The convolution's weight and bias in bf16, cast once (again only if either changes)."""
+        weight, bias = self.conv.weight, self.conv.bias
+        key = tuple((tensor.data_ptr(), tensor._version) for tensor in (weight, bias) if tensor is not None)
+        if not self._bf16_parameters or self._bf16_parameters[2] != key:
+            self._bf16_parameters = (weight.to(torch.bfloat16), bias.to(torch.bfloat16) if bias is not None else None, key)
+        return self._bf16_parameters[0], self._bf16_parameters[1]
+
+    def onednn_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """(input, weight, bias) for the fused oneDNN call, or None where the plain modules must run."""
+        conv = self.conv
+        if x.device.type != "cpu" or torch.is_grad_enabled() or conv.weight.dtype != torch.float32:
+            return None
+        if not torch.is_autocast_enabled("cpu"):
+            return (x, conv.weight, conv.bias) if x.dtype == torch.float32 else None
+        if (torch.get_autocast_dtype("cpu") != torch.bfloat16 or x.dtype not in (torch.float32, torch.bfloat16)
+                or not onednn_bf16_available()):
+            return None
+        weight, bias = self.bf16_parameters()
+        return x.to(torch.bfloat16), weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.extra_padding is not None:
+            x = F.pad(x, self.extra_padding)
+        operands = self.onednn_operands(x)
+        if operands is None:
+            return self.activation(self.conv(x))
+        x, weight, bias = operands
+        conv = self.conv
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+            self.post_op, self.post_op_scalars, "",
+        )
+
+
+def fuse_convolution_activations(model: nn.Module) -> nn.Module:
+    """Replaces, in place, every batch-norm-free 2-D conv block of ``model`` by a :class:`FusedConvolutionActivation`.
+
+    Covers :data:`FUSABLE_BLOCKS` whose batch norm was folded (or never existed), whose convolution
+    uses zero padding and whose activation is in :data:`FUSABLE_ACTIVATIONS`; everything else is
+    left alone. Returns ``model``. Does nothing when oneDNN fusion is unavailable.
+    """
+    if not onednn_fusion_available():
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if (
+                isinstance(child, FUSABLE_BLOCKS)
+                and getattr(child, "batch_norm", None) is None
+                and isinstance(child.conv, nn.Conv2d)
+                and child.conv.padding_mode == "zeros"
+                and not isinstance(child.conv.padding, str)
+                and type(child.activation) in FUSABLE_ACTIVATIONS
+            ):
+                setattr(parent, name, FusedConvolutionActivation(child.conv, child.activation, getattr(child, "extra_padding", None)))
+    return model
+
+
+def prepare_inference_model(
+    model: nn.Module,
+    channels_last: bool = True,
+    fuse_batch_norm: bool = True,
+    compile: bool = False,
+    fuse_activations: bool = True,
+) -> nn.Module:
+    """An eval-mode copy of ``model`` ready for :func:`predict_volume_fast` (the input is untouched).
+
+    ``channels_last`` stores 4-D weights as NHWC; ``fuse_batch_norm`` folds batch norms
+    (:func:`fuse_conv_batch_norm`); ``fuse_activations`` runs each folded convolution and its
+    activation as one oneDNN call on CPU inputs (:func:`fuse_convolution_activations`; GPU inputs
+    take the plain modules); ``compile`` wraps the result in ``torch.compile`` (minutes of
+    compilation on a CPU, and the first call of each new input shape compiles again).
+    """
+    prepared = fuse_conv_batch_norm(model) if fuse_batch_norm else copy.deepcopy(model).eval()
+    prepared.requires_grad_(False)
+    if fuse_batch_norm:  # the first convolutions must be plain (batch norm folded) to take the rearrangement
+        prepared = fold_space_to_depth(prepared)
+    if fuse_activations and not compile:  # inductor does its own fusion from the plain graph
+        prepared = fuse_convolution_activations(prepared)
+    if channels_last:
+        prepared = to_channels_last(prepared)
+    if compile:
+        compiled = torch.compile(prepared, dynamic=False)
+        # Keep attributes that callers read (in_channels, model_name) reachable on the wrapper.
+        for name in ("in_channels", "model_name"):
+            if hasattr(prepared, name):
+                setattr(compiled, name, getattr(prepared, name))
+        return compiled
+    return prepared
+
+
+def background_windows(volume: np.ndarray, n_chunk: int, pad_value: float, background_value: float) -> np.ndarray:
+    """Which axial slices' whole input window is background: (H, W, D) -> (D,) bool.
+
+    Slice i's window is slices i - n_chunk//2 ... i + n_chunk//2; slices past the volume's ends are
+    filled with ``pad_value``, so an end slice counts only when ``pad_value`` is itself background.
+    Every such window is the same constant input, hence gives the same network output.
+    """
+    depth, half = volume.shape[-1], n_chunk // 2
+    # One pass over the volume (read once, slice by slice along the memory-mapped last axis).
+    slice_is_background = np.asarray(volume == background_value).reshape(-1, depth).all(axis=0)
+    padding_is_background = pad_value == background_value
+    windows = np.zeros(depth, dtype=bool)
+    for index in range(depth):
+        low, high = index - half, index + half + 1
+        if (low < 0 or high > depth) and not padding_is_background:
+            continue
+        windows[index] = slice_is_background[max(low, 0) : min(high, depth)].all()
+    return windows
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for queued GPU work (for honest timings); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def predict_volume_fast(
+    model: nn.Module,
+    volume: np.ndarray,
+    n_chunk: int,
+    normalization: Normalization,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    skip_background: bool = True,
+    amp: bool = False,
+    test_time_flip: bool = False,
+    background_value: float = 0.0,
+    channels_last: bool = True,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Lesion probabilities for a raw volume (H, W, D) -> ((H, W, D) float32 in [0, 1], info).
+
+    ``model`` should come from :func:`prepare_inference_model` (any eval-mode model works).
+    ``batch_size`` 8 runs as fast per slice as 16 on full 197x233 slices with half the memory. The
+    result equals :func:`spinseg.inference.predict_volume` within float rounding, except that with
+    ``skip_background`` the slices whose whole input window equals ``background_value`` get
+    probability 0 without running the network. That cannot change the thresholded mask: all those
+    windows are one and the same constant input, which is run once here; if the network gives any
+    pixel of it a probability >= 0.5, skipping is turned off for this call (``info["skip_disabled"]``
+    says why). ``info`` holds ``slices_skipped``, ``slices_run``, ``background_max_probability``
+    and ``seconds``.
+    """
+    start = time.perf_counter()
+    model.eval()
+    device = torch.device(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    pad_value = normalization.pad_value()
+    depth = volume.shape[-1]
+    info: dict[str, Any] = {"slices_skipped": 0, "slices_run": depth, "skip_disabled": "", "background_max_probability": None}
+
+    def run(batch: np.ndarray) -> torch.Tensor:
+        """(b, n_chunk, H, W) raw float32 -> probabilities (b, H, W) on the CPU."""
+        # Normalised on the CPU, as the plain path does (its mean/std tensors live there).
+        inputs = normalization(torch.from_numpy(batch))
+        if device.type == "cuda":
+            inputs = inputs.pin_memory().to(device, non_blocking=True)
+        inputs = inputs.contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            output = torch.sigmoid(model(inputs).float())
+            if test_time_flip:
+                output = 0.5 * (output + torch.sigmoid(model(inputs.flip(-1)).float()).flip(-1))
+        return output[:, 0].float().cpu()
+
+    to_run = np.arange(depth)
+    if skip_background:
+        skippable = background_windows(volume, n_chunk, pad_value, background_value)
+        if skippable.any():
+            # Every skippable window is the same constant input: its output is what the full run
+            # would give on every skipped slice, so one forward decides whether skipping is exact
+            # up to the threshold.
+            window = stack_slices(volume, int(np.flatnonzero(skippable)[0]), n_chunk, pad_value)
+            background_probability = run(window[None])
+            info["background_max_probability"] = float(background_probability.max())
+            if info["background_max_probability"] >= MASK_THRESHOLD:
+                info["skip_disabled"] = (
+                    f"the model gives an all-background window probability up to "
+                    f"{info['background_max_probability']:.3f} >= {MASK_THRESHOLD}, so skipping would change the mask"
+                )
+            else:
+                to_run = np.flatnonzero(~skippable)
+                info["slices_skipped"] = int(skippable.sum())
+                info["slices_run"] = len(to_run)
+
+    # Slices first, so each batch's result is one contiguous block; moved to (H, W, D) once at the end.
+    probabilities = np.zeros((depth,) + volume.shape[:2], dtype=np.float32)
+    for first in range(0, len(to_run), batch_size):
+        indices = to_run[first : first + batch_size]
+        batch = np.stack([stack_slices(volume, int(index), n_chunk, pad_value) for index in indices])
+        probabilities[indices] = run(batch).numpy()
+    synchronize(device)
+    info["seconds"] = time.perf_counter() - start
+    return np.ascontiguousarray(np.moveaxis(probabilities, 0, -1)), info

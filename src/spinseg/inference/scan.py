@@ -1,0 +1,485 @@
+"""Segment your own T1 scans: ``python -m spinseg.predict --model spin --checkpoint CKPT --input scan.nii.gz --output OUT``.
+
+The models were trained on ATLAS R1.2: T1 volumes registered to MNI152 2009 (197 x 233 x 189
+voxels of 1 mm, the template's affine), sliced along the last axis. Each input scan is therefore
+
+1. read with nibabel (any 3-D NIfTI; a 4-D one whose last dimension is 1 is squeezed and the
+   outputs keep its (X, Y, Z, 1) shape),
+2. resampled (trilinear, in world coordinates, which also handles orientation and axis order)
+   onto the MNI template grid -- skipped when it is already on it,
+3. segmented slice by slice with the 2.5-D model (:func:`spinseg.fast_inference.predict_volume_fast`
+   over a model from :func:`~spinseg.fast_inference.prepare_inference_model`: batch norm folded,
+   channels-last; every slice is run, so the probabilities equal the plain path's within float rounding),
+4. its probabilities resampled (trilinear) back onto the INPUT's grid and thresholded there,
+
+so the mask has exactly the input's shape, affine and spatial header and overlays the scan in any
+viewer. No registration is done: a scan that is not in MNI space is still processed (resampled in
+world coordinates) but a one-line warning says that the models were trained on registered data.
+
+Per scan ``<name>`` the output folder gets ``<name>_lesion_mask.nii.gz`` (uint8 0/1),
+``<name>_report.json``, ``<name>_qc.png`` and, with ``--save_probability``,
+``<name>_lesion_prob.nii.gz`` (float32). All of a scan's files are written to temporary files and
+renamed only once all of them are complete: a scan that fails leaves nothing. A scan that fails
+prints one line and the others go on; the exit code is then 2.
+
+The QC montage shows the INPUT grid (the scan and the mask as written, only re-ordered/flipped
+to the closest RAS orientation so that anterior is up; no interpolation), axial slices holding
+lesions, prediction in red. Anisotropic voxels appear stretched.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import os
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.processing import resample_from_to
+from scipy import ndimage
+
+from spinseg.constants import ATLAS_MEAN, ATLAS_SHAPE, ATLAS_STD
+from spinseg.data.transforms import Normalization
+from spinseg.errors import UserInputError, fail, warn
+from spinseg.io.files import atomic_path
+
+# The ATLAS R1.2 / MNI152 2009 grid, used when nilearn's copy of the template cannot be read.
+TEMPLATE_FALLBACK_AFFINE = np.array(
+    [[1.0, 0.0, 0.0, -98.0], [0.0, 1.0, 0.0, -134.0], [0.0, 0.0, 1.0, -72.0], [0.0, 0.0, 0.0, 1.0]]
+)
+TEMPLATE_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+# Beyond these an input does not look MNI-registered (world extent/centre in mm, voxel size ratio).
+MNI_TOLERANCE_MM = 20.0
+VOXEL_SIZE_RATIO = 1.6
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+OUTPUT_SUFFIXES = ("_lesion_mask", "_lesion_prob")  # our own outputs, skipped when a folder is scanned
+# 26-connectivity: voxels touching by a face, an edge or a corner belong to the same lesion.
+CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A voxel grid: shape (X, Y, Z) and the 4x4 voxel-to-world (mm) affine."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    def matches(self, other: "Grid", atol: float = 1e-3) -> bool:
+        """True when both grids sample the same points (same shape, affine within ``atol`` mm)."""
+        return tuple(self.shape) == tuple(other.shape) and np.allclose(self.affine, other.affine, atol=atol)
+
+
+@functools.lru_cache(maxsize=1)
+def template_grid() -> Grid:
+    """The MNI152 2009 grid of the training data (197, 233, 189) at 1 mm, read from nilearn's template header."""
+    try:
+        import nilearn
+
+        header_image = nib.load(Path(nilearn.__file__).parent / "datasets" / "data" / TEMPLATE_FILE)
+        return Grid(tuple(int(n) for n in header_image.shape[:3]), np.asarray(header_image.affine, dtype=float))
+    except (ImportError, OSError, nib.filebasedimages.ImageFileError):
+        # Same values as the file; nilearn only moves the file around between versions.
+        return Grid(ATLAS_SHAPE, TEMPLATE_FALLBACK_AFFINE.copy())
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """Voxel edge lengths in mm (3,) from the columns of a 4x4 affine."""
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def world_bounds(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """World-space (mm) bounding box of the voxel centres: (minimum (3,), maximum (3,))."""
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in grid.shape], indexing="ij")).reshape(3, -1)
+    world = grid.affine[:3, :3] @ corners + grid.affine[:3, 3:4]
+    return world.min(axis=1), world.max(axis=1)
+
+
+def registration_warnings(grid: Grid, template: Grid | None = None) -> list[str]:
+    """Reasons why ``grid`` does not look registered to the MNI template ([] when it does).
+
+    Compares, in world coordinates (so orientation and axis order do not matter), the bounding
+    box and the centre of the two grids (> 20 mm apart) and the voxel sizes (over 1.6x off).
+    """
+    template = template or template_grid()
+    low, high = world_bounds(grid)
+    template_low, template_high = world_bounds(template)
+    reasons = []
+    box_offset = float(max(np.abs(low - template_low).max(), np.abs(high - template_high).max()))
+    if box_offset > MNI_TOLERANCE_MM:
+        reasons.append(f"world bounding box {box_offset:.0f} mm from the template's")
+    centre_offset = float(np.linalg.norm((low + high) / 2 - (template_low + template_high) / 2))
+    if centre_offset > MNI_TOLERANCE_MM:
+        reasons.append(f"centre {centre_offset:.0f} mm from the template's")
+    sizes, template_sizes = voxel_sizes(grid.affine), voxel_sizes(template.affine)
+    ratios = sizes / template_sizes
+    if np.any(ratios > VOXEL_SIZE_RATIO) or np.any(ratios < 1 / VOXEL_SIZE_RATIO):
+        reasons.append(f"voxel size {'x'.join(f'{size:.2g}' for size in sizes)} mm")
+    return reasons
+
+
+def scan_name(path: Path) -> str:
+    """File name without ``.nii.gz`` / ``.nii``: ``sub-01_T1w.nii.gz`` -> ``sub-01_T1w``."""
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
+def is_nifti_path(path: Path) -> bool:
+    """True for names ending in ``.nii`` or ``.nii.gz`` (case-insensitive)."""
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def collect_inputs(paths: list[str]) -> list[Path]:
+    """Files given, plus the ``.nii``/``.nii.gz`` files directly inside folders given (sorted).
+
+    A missing path, a non-NIfTI file name, an empty folder or two inputs with the same name
+    (their outputs would overwrite each other) raise a one-line ``UserInputError``. Our own
+    outputs (``*_lesion_mask``/``*_lesion_prob``) inside a folder are skipped.
+    """
+    found: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            scans = sorted(
+                item for item in path.iterdir()
+                if item.is_file() and is_nifti_path(item) and not scan_name(item).endswith(OUTPUT_SUFFIXES)
+            )
+            if not scans:
+                raise fail(path, "folder holds no .nii or .nii.gz files")
+            found.extend(scans)
+        elif path.is_file():
+            if not is_nifti_path(path):
+                raise fail(path, "not a NIfTI file name (expected .nii or .nii.gz)")
+            found.append(path)
+        else:
+            raise fail(path, "input not found")
+    unique: dict[Path, Path] = {}
+    for path in found:
+        # The same file given twice (e.g. alone and inside its folder) is processed once.
+        unique.setdefault(path.resolve(), path)
+    names: dict[str, Path] = {}
+    for path in unique.values():
+        name = scan_name(path)
+        if name in names:
+            raise fail(path, f"same name as {names[name]}: their outputs would overwrite each other")
+        names[name] = path
+    return list(unique.values())
+
+
+def load_scan(path: str | os.PathLike) -> nib.Nifti1Image:
+    """Opens a NIfTI file (header only; the voxels are read by :func:`scan_data`).
+
+    A file that is not NIfTI (e.g. text named ``.nii.gz``) or not gzip raises a one-line error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise fail(path, "input not found")
+    try:
+        image = nib.load(path)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as error:
+        raise fail(path, f"not a readable NIfTI image ({describe_read_error(error)})") from None
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise fail(path, f"not a NIfTI image ({type(image).__name__})")
+    return image
+
+
+def describe_read_error(error: BaseException) -> str:
+    """A short reason for a failed read: a truncated gzip says so rather than "EOFError"."""
+    if isinstance(error, EOFError) or "end-of-stream" in str(error):
+        return "truncated or incomplete gzip file"
+    if isinstance(error, (gzip.BadGzipFile, zlib.error)):
+        return "corrupt gzip data"
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+
+
+def scan_data(image: nib.Nifti1Image, name: str | os.PathLike = "input") -> np.ndarray:
+    """The voxels of a T1 image as float32 (X, Y, Z), checked to be usable.
+
+    A 4-D image whose last dimension is 1 is squeezed to 3-D. Other shapes, unreadable or
+    truncated data, NaN/Inf voxels and empty (constant) images raise one-line errors naming ``name``.
+    """
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise fail(name, f"{len(image.shape)}-D image of shape {tuple(image.shape)}; give one 3-D T1 volume")
+    if min(shape) < 1:
+        raise fail(name, f"image of shape {tuple(image.shape)} holds no voxels")
+    if not np.all(np.isfinite(image.affine)) or abs(np.linalg.det(image.affine[:3, :3])) < 1e-6:
+        raise fail(name, "the header's voxel-to-world affine is singular or not finite")
+    try:
+        data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
+    except (OSError, EOFError, ValueError, TypeError, zlib.error) as error:
+        raise fail(name, f"cannot read the voxels ({describe_read_error(error)})") from None
+    finite = np.isfinite(data)
+    if not finite.all():
+        raise fail(name, f"{int((~finite).sum())} voxels are NaN or Inf")
+    if data.max() == data.min():
+        raise fail(name, f"empty image: every voxel is {float(data.flat[0]):g}")
+    return data
+
+
+def output_image(data: np.ndarray, reference: nib.Nifti1Image, description: str) -> nib.Nifti1Image:
+    """``data`` (input's shape) as a NIfTI with the reference's affine and spatial header.
+
+    Only the data type, the intensity scaling (reset: values are stored as they are), the display
+    range and the description change, so viewers overlay it on the reference exactly.
+    """
+    header = reference.header.copy()
+    header.set_data_dtype(data.dtype)
+    header.set_slope_inter(None, None)
+    header["cal_min"], header["cal_max"] = (0.0, 1.0)
+    header["descrip"] = description.encode()[:79]
+    image_class = type(reference) if isinstance(reference, (nib.Nifti1Image, nib.Nifti2Image)) else nib.Nifti1Image
+    return image_class(data, reference.affine, header=header)
+
+
+def lesion_statistics(mask: np.ndarray, affine: np.ndarray) -> dict:
+    """Volume and 26-connected lesions of a 3-D 0/1 mask (X, Y, Z) with voxel sizes from ``affine``.
+
+    Returns lesion voxel count and ml, and per lesion (largest first) its voxels, ml, centroid
+    in voxel indices and in world mm.
+    """
+    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+    labels, count = ndimage.label(mask > 0, structure=CONNECTIVITY_26)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    centroids = ndimage.center_of_mass(mask > 0, labels, range(1, count + 1)) if count else []
+    lesions = []
+    for size, centroid in sorted(zip(sizes.tolist(), centroids), key=lambda item: -item[0]):
+        world = affine[:3, :3] @ np.asarray(centroid) + affine[:3, 3]
+        lesions.append(
+            {
+                "voxels": int(size),
+                "volume_ml": round(size * voxel_ml, 6),
+                "centroid_voxel": [round(float(value), 2) for value in centroid],
+                "centroid_mm": [round(float(value), 2) for value in world],
+            }
+        )
+    total = int(sizes.sum())
+    return {
+        "lesion_voxel_count": total,
+        "lesion_volume_ml": round(total * voxel_ml, 6),
+        "voxel_volume_ml": round(voxel_ml, 9),
+        "n_lesions": int(count),
+        "connectivity": 26,
+        "lesions": lesions,
+    }
+
+
+def resample_linear(volume: np.ndarray, affine: np.ndarray, target: Grid) -> np.ndarray:
+    """(H, W, D) ``volume`` on ``affine`` -> float32 volume on ``target``'s grid.
+
+    Trilinear (order 1) in world coordinates; outside the source's field of view is 0 (background
+    for scans, probability 0 for predictions).
+    """
+    resampled = resample_from_to(nib.Nifti1Image(volume, affine), (target.shape, target.affine), order=1, mode="constant", cval=0.0)
+    return np.asarray(resampled.dataobj, dtype=np.float32)
+
+
+def predict_scan(
+    model,
+    image: nib.Nifti1Image,
+    n_chunk: int,
+    normalization: Normalization,
+    threshold: float = 0.5,
+    batch_size: int = 8,
+    device="cpu",
+    test_time_flip: bool = False,
+    amp: bool = False,
+    name: str | os.PathLike = "input",
+    template: Grid | None = None,
+    warn=None,
+) -> tuple[nib.Nifti1Image, nib.Nifti1Image, dict]:
+    """Segments one T1 image of any grid: returns (mask image, probability image, report dict).
+
+    ``image``: a nibabel 3-D image (or 4-D with last dimension 1) of any orientation and voxel
+    size. It is resampled onto ``template`` (default: the MNI grid of the training data,
+    197 x 233 x 189 at 1 mm), segmented by the 2.5-D ``model`` (B, n_chunk, H, W) -> logits
+    (B, 1, H, W), and the probabilities are resampled back onto the image's grid. The mask
+    (uint8 0/1, ``> threshold``) and probabilities (float32 in [0, 1]) have exactly the image's
+    shape and affine. ``warn(message)`` is called once when the image does not look MNI-registered.
+    """
+    template = template or template_grid()
+    data = scan_data(image, name)
+    grid = Grid(data.shape, np.asarray(image.affine, dtype=float))
+    reasons = registration_warnings(grid, template)
+    if reasons and warn is not None:
+        warn(f"{name}: does not look registered to MNI152 ({'; '.join(reasons)}); the models were trained on "
+             "MNI-registered scans, so register it first for reliable results (processing it anyway)")
+    on_template = grid.matches(template)
+    if on_template:
+        template_volume = data
+    else:
+        template_volume = resample_linear(data, grid.affine, template)
+    from spinseg.acceleration.inference import predict_volume_fast
+
+    # Every slice is run (no background skipping): the probabilities, not only a 0.5 mask, are
+    # resampled and thresholded at the user's threshold, so all of them must be the network's.
+    template_probabilities, _ = predict_volume_fast(
+        model, template_volume, n_chunk, normalization, batch_size, device, skip_background=False, amp=amp,
+        test_time_flip=test_time_flip,
+    )
+    if on_template:
+        probabilities = template_probabilities
+    else:
+        probabilities = resample_linear(template_probabilities, template.affine, grid)
+    probabilities = np.clip(probabilities, 0.0, 1.0).astype(np.float32)
+    mask = (probabilities > threshold).astype(np.uint8)
+    report = {
+        "input_shape": [int(n) for n in image.shape],
+        "input_affine": np.round(grid.affine, 6).tolist(),
+        "input_voxel_size_mm": [round(float(size), 6) for size in voxel_sizes(grid.affine)],
+        "image_voxel_count": int(mask.size),
+        "template_shape": list(template.shape),
+        "resampled_to_template": not on_template,
+        "mni_warning": bool(reasons),
+        "mni_warning_reasons": reasons,
+        "threshold": float(threshold),
+        "test_time_flip": bool(test_time_flip),
+        "n_chunk": int(n_chunk),
+        **lesion_statistics(mask, grid.affine),
+    }
+    mask_image = output_image(mask.reshape(image.shape), image, "spinseg lesion mask")
+    prob_image = output_image(probabilities.reshape(image.shape), image, "spinseg lesion probability")
+    return mask_image, prob_image, report
+
+
+def save_qc_montage(image: nib.Nifti1Image, mask_image: nib.Nifti1Image, path, title: str = "", count: int = 12) -> Path:
+    """QC PNG: axial slices of the INPUT grid with the mask in red (``save_overlay_montage``).
+
+    Both are brought to the closest RAS orientation (a lossless re-ordering/flip of the voxel
+    axes, no interpolation) so that the last axis is inferior-superior and anterior is shown up.
+    """
+    from spinseg.io.figures import save_overlay_montage
+
+    affine = np.asarray(image.affine, dtype=float)
+    shape3 = tuple(int(n) for n in image.shape[:3])
+    scan = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape3), affine))
+    mask = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(mask_image.dataobj, dtype=np.uint8).reshape(shape3), affine))
+    return save_overlay_montage(np.asarray(scan.dataobj), np.asarray(mask.dataobj), path, count=count, title=title)
+
+
+def output_paths(output_dir: Path, name: str) -> dict[str, Path]:
+    """The files written for scan ``name``: mask, probability, report, qc."""
+    return {
+        "mask": output_dir / f"{name}_lesion_mask.nii.gz",
+        "probability": output_dir / f"{name}_lesion_prob.nii.gz",
+        "report": output_dir / f"{name}_report.json",
+        "qc": output_dir / f"{name}_qc.png",
+    }
+
+
+def write_scan_outputs(
+    image: nib.Nifti1Image, mask_image, prob_image, report: dict, paths: dict[str, Path], save_probability: bool
+) -> None:
+    """Writes a scan's files all-or-nothing: every file goes to a temporary first; the renames happen
+    only once all are complete (the report last, as the mark of a finished scan)."""
+    import json
+
+    with contextlib.ExitStack() as stack:
+        # ExitStack renames in reverse order of entry: entering the report first renames it last.
+        temporaries = {key: stack.enter_context(atomic_path(paths[key], suffix=suffix))
+                       for key, suffix in (("report", ".json"), ("mask", ".nii.gz"), ("probability", ".nii.gz"), ("qc", ".png"))
+                       if save_probability or key != "probability"}
+        nib.save(mask_image, temporaries["mask"])
+        if save_probability:
+            nib.save(prob_image, temporaries["probability"])
+        title = f"{report.get('name', '')}: {report['lesion_volume_ml']:.2f} ml, {report['n_lesions']} lesion(s)"
+        save_qc_montage(image, mask_image, temporaries["qc"], title=title)
+        temporaries["report"].write_text(json.dumps(report, indent=2) + "\n")
+        for temporary in temporaries.values():
+            make_readable(temporary)
+
+
+def make_readable(path: Path) -> None:
+    """Gives a temporary file the permissions a normally created file gets (mkstemp makes it owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def default_normalization(model_name: str) -> Normalization:
+    """The intensity normalisation the model's recipe trains with (ATLAS mean/std for SPiN and U-Net)."""
+    from spinseg.recipes.named import RECIPES
+
+    if model_name in RECIPES:
+        values = RECIPES[model_name].normalization()
+        return Normalization(values["dataset_normalization"], values["dataset_means"], values["dataset_stddevs"])
+    return Normalization("standard", [ATLAS_MEAN], [ATLAS_STD])
+
+
+def load_predict_model(model_name: str, checkpoint: str, model_config: dict, n_chunk: int | None):
+    """Loads the model to predict with and the number of stacked slices it takes: (model, n_chunk).
+
+    The seam tests replace to inject a model. Without ``n_chunk`` the model's own input width is
+    used: our checkpoints store it, and the release format gets the paper's defaults (SPiN: 5
+    slices, U-Net: 1). A given ``n_chunk`` must match the checkpoint.
+    """
+    from spinseg.models.checkpoint import load_model
+    from spinseg.models.model_config import model_input_config
+
+    config = dict(model_config)
+    if n_chunk is not None:
+        config = model_input_config(model_name, n_chunk, 1, config)
+    model = load_model(checkpoint, model_name, **config)
+    width = int(getattr(model, "in_channels", n_chunk or 1))
+    if n_chunk is not None and width != n_chunk:
+        raise fail(checkpoint, f"model {model_name!r} takes {width} stacked slices, not --n_chunk {n_chunk}")
+    return model, width
+
+
+def run_predict(
+    model,
+    inputs: list[Path],
+    output_dir: Path,
+    n_chunk: int,
+    normalization: Normalization,
+    threshold: float = 0.5,
+    batch_size: int = 8,
+    device="cpu",
+    test_time_flip: bool = False,
+    amp: bool = False,
+    save_probability: bool = False,
+    report_extra: dict | None = None,
+) -> list[str]:
+    """Segments every input scan into ``output_dir``; returns the one-line errors of scans that failed.
+
+    A failing scan (unreadable, 4-D, NaN, empty...) prints its error line, writes nothing and
+    does not stop the others.
+    """
+    from tqdm import tqdm
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    errors = []
+    # disable=None: no bar when stderr is not a terminal, so logs hold only the error lines.
+    for path in tqdm(inputs, desc="predict", unit="scan", disable=None):
+        name = scan_name(path)
+        try:
+            image = load_scan(path)
+            mask_image, prob_image, report = predict_scan(
+                model, image, n_chunk, normalization, threshold, batch_size, device, test_time_flip, amp,
+                name=path, warn=warn,
+            )
+            paths = output_paths(output_dir, name)
+            report = {
+                "name": name,
+                "input": str(path),
+                **(report_extra or {}),
+                **report,
+                "normalization": {"kind": normalization.kind, "means": list(normalization.means),
+                                  "stddevs": list(normalization.stddevs)},
+                "qc_grid": "input grid, reoriented to closest RAS for display",
+                "outputs": {key: str(value) for key, value in paths.items() if save_probability or key != "probability"},
+            }
+            write_scan_outputs(image, mask_image, prob_image, report, paths, save_probability)
+        except UserInputError as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            errors.append(str(error))
+            continue
+        print(f"{name}: {report['lesion_volume_ml']:.3f} ml in {report['n_lesions']} lesion(s) -> {paths['mask']}", flush=True)
+    return errors
