@@ -38,7 +38,7 @@ PER_SUBJECT_COLUMNS = (
     "pred_lesion_count",
     "absolute_volume_difference_ml",
     "absolute_lesion_count_difference",
-    # Boundary metrics (spinseg.boundary_metrics), present when they were asked for.
+    # Boundary metrics (spinseg.metrics), present when they were asked for.
     "hd95_mm",
     "assd_mm",
     "nsd",
@@ -262,7 +262,7 @@ def format_size_table(rows: Sequence[Mapping]) -> str:
 
 
 def format_boundary_table(rows: Sequence[Mapping]) -> str:
-    """Markdown of :func:`spinseg.boundary_metrics.boundary_summary` rows: Metric | Mean ± std | Subjects | One mask empty."""
+    """Markdown of :func:`spinseg.metrics.boundary_summary` rows: Metric | Mean ± std | Subjects | One mask empty."""
     return format_markdown_table(
         ("Metric", "Mean ± std", "Subjects", "One mask empty (excluded)"),
         [(row["metric"], f"{_format_value(row['mean'])} ± {_format_value(row['std'])}", row["subjects"], row["one_empty"])

@@ -5,7 +5,7 @@ a folder of ground truths and writes what ``spinseg.evaluate`` writes: per-subje
 row (release conventions: a zero denominator scores 0), the challenge metrics (Dice with empty vs empty = 1,
 lesion-wise F1 of 26-connected lesions, absolute volume difference in ml, absolute lesion count
 difference), detection by lesion size, the boundary metrics (HD95, ASSD, NSD in mm; see
-:mod:`spinseg.boundary_metrics`) and ``report.md`` with plots.
+:mod:`spinseg.metrics`) and ``report.md`` with plots.
 
 Pairing: a file whose name holds BIDS entities belongs to subject ``sub-X`` (``sub-X_ses-Y`` when it names a
 session); any other file to its name without ``.nii``/``.nii.gz`` and without ``--pred_suffix`` /
