@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from spinseg import boundary_metrics as bm
+from spinseg.evaluation import boundary_metrics as bm
 from spinseg import metrics
 
 ANISOTROPIC = (0.8, 1.3, 3.0)

@@ -10,7 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from spinseg import boundary_metrics, metrics, score
+from spinseg import metrics
+from spinseg.evaluation import scoring as score
+from spinseg.evaluation import boundary_metrics
 from spinseg.cli.main import main as spinseg_main
 from spinseg.cli.predict import main as predict_main
 from spinseg.evaluation import reporting

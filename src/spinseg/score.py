@@ -1,8 +1,5 @@
-"""`python -m spinseg.score` and ``spinseg.score.*``: the same module as ``spinseg.evaluation.scoring``, where it lives."""
-import sys
-
-from spinseg.evaluation import scoring as _scoring
+"""`python -m spinseg.score`: kept where the README documents it; the command lives in `spinseg.cli.score`."""
+from spinseg.cli.score import main
 
 if __name__ == "__main__":
-    raise SystemExit(_scoring.main())
-sys.modules[__name__] = _scoring
+    raise SystemExit(main())
