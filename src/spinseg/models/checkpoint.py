@@ -140,9 +140,8 @@ def load_model(path: str | os.PathLike, name: str, **config) -> nn.Module:
 
 
 def model_config(model: nn.Module) -> dict:
-    """The JSON-serialisable constructor config of a built model."""
-    config = getattr(model, "config", {})
-    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    """The JSON-serialisable constructor config of a built model (``RemembersConfig.config``)."""
+    return dict(getattr(model, "config", {}))
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> None:
