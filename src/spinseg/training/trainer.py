@@ -41,6 +41,7 @@ from spinseg.models.checkpoint import (
 )
 from spinseg.models.model_config import model_input_config, parse_model_config
 from spinseg.recipes.config import TrainConfig, schedule_value, validate_train_config
+from spinseg.recipes.preprocessing import preprocessing_record
 from spinseg.training.run_folder import (
     CHECKPOINT_PATTERN,
     check_free_space,
@@ -145,6 +146,7 @@ def train(config: TrainConfig) -> dict:
     channels_per_slice = 3 if two_dimensional else 1
     model_config = model_input_config(config.model_name, config.n_chunk, channels_per_slice, parse_model_config(config.model_config))
     model = build_model(config.model_name, **model_config)
+    model.preprocessing = preprocessing_record(config)  # saved in every checkpoint: evaluate/predict need no flags
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=config.learning_rates[0], weight_decay=config.w_weight_decay
     )
