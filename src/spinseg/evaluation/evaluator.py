@@ -21,6 +21,7 @@ from spinseg.evaluation.metrics import pooled_release_metrics
 from spinseg.inference.predictor import predict_volume
 from spinseg.io.figures import save_overlay_montage, save_slice_panel
 from spinseg.io.files import write_json, write_text
+from spinseg.io.progress import progress_bar
 from spinseg.recipes.config import EvaluateConfig
 from spinseg.recipes.preprocessing import flags_of, load_with_preprocessing, with_preprocessing
 from spinseg.training.runtime import select_device
@@ -83,9 +84,7 @@ def evaluate(config: EvaluateConfig) -> dict:
 
     records, montages, small_gts, small_preds = [], {}, [], []
     started = time.time()
-    from tqdm import tqdm
-
-    for index, (scan_path, ground_truth_path) in enumerate(tqdm(list(zip(scan_paths, ground_truth_paths)), desc="evaluate")):
+    for index, (scan_path, ground_truth_path) in enumerate(progress_bar(list(zip(scan_paths, ground_truth_paths)), desc="evaluate")):
         scan, ground_truth = load_volume(scan_path), load_volume(ground_truth_path)
         check_same_shape(scan, scan_path, ground_truth, ground_truth_path)
         ground_truth = np.asarray(ground_truth) > 0

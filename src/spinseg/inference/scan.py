@@ -46,6 +46,7 @@ from spinseg.constants import ATLAS_SHAPE
 from spinseg.data.transforms import Normalization
 from spinseg.errors import UserInputError, fail, warn
 from spinseg.io.files import atomic_path
+from spinseg.io.progress import progress_bar
 from spinseg.recipes.preprocessing import PreprocessingFlags
 
 # The ATLAS R1.2 / MNI152 2009 grid, used when nilearn's copy of the template cannot be read.
@@ -440,12 +441,10 @@ def run_predict(
     A failing scan (unreadable, 4-D, NaN, empty...) prints its error line, writes nothing and
     does not stop the others.
     """
-    from tqdm import tqdm
-
     output_dir.mkdir(parents=True, exist_ok=True)
     errors = []
-    # disable=None: no bar when stderr is not a terminal, so logs hold only the error lines.
-    for path in tqdm(inputs, desc="predict", unit="scan", disable=None):
+    # No bar when stderr is not a terminal, so logs hold only the error lines.
+    for path in progress_bar(inputs, desc="predict", unit="scan"):
         name = scan_name(path)
         try:
             image = load_scan(path)

@@ -127,12 +127,14 @@ def check_conflicts(path, flags: PreprocessingFlags, stored: dict, recipe_model:
 
 def resolve_preprocessing(checkpoint: dict, flags: PreprocessingFlags, path="checkpoint") -> Preprocessing:
     """The preprocessing to use ``checkpoint`` with: flags, else the checkpoint, else the recipe."""
+    from spinseg.models import model_class
     from spinseg.models.model_config import model_input_config
 
     named = recipe(flags.recipe) if flags.recipe else None
     stored, source = stored_preprocessing(checkpoint)
     check_conflicts(path, flags, stored, named.model if named else None)
     model_name = flags.model_name or stored.get("model_name") or (named.model if named else "spin")
+    model_class(model_name)  # an unknown name: one line listing the known ones
     if named is None or named.model != model_name:
         named = RECIPES.get(model_name)
     if not source and named:

@@ -32,6 +32,7 @@ from spinseg.data.volumes import (
 from spinseg.errors import UserInputError, fail, warn
 from spinseg.evaluation.metrics import mean_over_subjects, release_metrics
 from spinseg.io.files import write_json
+from spinseg.io.progress import progress_bar
 from spinseg.models import build_model
 from spinseg.models.checkpoint import (
     load_state_dict_checked,
@@ -282,9 +283,7 @@ def train(config: TrainConfig) -> dict:
             flush=True,
         )
 
-    from tqdm import tqdm
-
-    progress = tqdm(total=total_steps, initial=step, disable=not context.is_main, desc="train", dynamic_ncols=True)
+    progress = progress_bar(total=total_steps, initial=step, enabled=context.is_main, desc="train", dynamic_ncols=True)
     model.train()
     loss_value, start_time, start_step = resumed_loss, time.time(), step
     while step < total_steps:
