@@ -94,6 +94,16 @@ RECIPES = {
     ),
 }
 
+
+def rgb_recipe(name: str, dataset: str, note: str) -> ModelRecipe:
+    """SPiN on a 2-D RGB data set prepared by setup/setup_dataset_<dataset>.py (GLaS: "warwick", RITE: "rite")."""
+    return ModelRecipe(
+        name, "SPiN", 1, model_name="spin", model_config={"input_channels": 3},
+        train={**RGB_CROPS, "checkpoint_path": f"trained_spin/{dataset}/spin_traintest"}, runtime={"n_workers": 8},
+        statistics_file=f"data/{dataset}_spin/statistics.json", note=note,
+    )
+
+
 DATASET_RECIPES = {
     "spin_synthetic_cpu": ModelRecipe(
         "spin_synthetic_cpu", "SPiN", 5, model_name="spin",
@@ -104,19 +114,10 @@ DATASET_RECIPES = {
         note="SPiN (paper architecture) on the synthetic ATLAS in minutes on a CPU: 96x96 crops, 600 steps, "
         "learning rates 1e-3 then 3e-4, 70% lesion slices so that crops also show healthy tissue",
     ),
-    "spin_glas": ModelRecipe(
-        "spin_glas", "SPiN", 1, model_name="spin", model_config={"input_channels": 3},
-        train={**RGB_CROPS, "checkpoint_path": "trained_spin/warwick/spin_traintest"}, runtime={"n_workers": 8},
-        statistics_file="data/warwick_spin/statistics.json",
-        note="the release's GLaS (warwick) recipe: RGB, 1 slice, 128x128 crops, epochs 100/200/300, augmentation "
-        "1.0 until epoch 150; normalised by the per-channel statistics of the training images",
-    ),
-    "spin_rite": ModelRecipe(
-        "spin_rite", "SPiN", 1, model_name="spin", model_config={"input_channels": 3},
-        train={**RGB_CROPS, "checkpoint_path": "trained_spin/rite/spin_traintest"}, runtime={"n_workers": 8},
-        statistics_file="data/rite_spin/statistics.json",
-        note="the release's RITE recipe: as spin_glas, on retinal vessels",
-    ),
+    "spin_glas": rgb_recipe("spin_glas", "warwick", "the release's GLaS (warwick) recipe: RGB, 1 slice, 128x128 crops, "
+                            "epochs 100/200/300, augmentation 1.0 until epoch 150; normalised by the per-channel "
+                            "statistics of the training images"),
+    "spin_rite": rgb_recipe("spin_rite", "rite", "the release's RITE recipe: as spin_glas, on retinal vessels"),
 }
 
 NAMED_RECIPES = {**RECIPES, **DATASET_RECIPES}
