@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from spinseg.datasets.glas import setup_main  # noqa: E402
+from spinseg.data.glas import setup_main  # noqa: E402
 from spinseg.errors import cli_entry  # noqa: E402
 
 
