@@ -155,7 +155,12 @@ def test_help_shows_meaning_and_default_of_every_flag():
     text = " ".join(build_parser().format_help().split())
     assert "slices per optimiser step (all processes together) (default: 8)" in text
     assert "Adam learning rate per schedule segment (default: 0.0003 0.0001 5e-05)" in text
-    for action in build_parser()._actions:
-        if action.option_strings and action.dest != "help":
-            assert action.help and "default" in action.help, action.option_strings
+    from spinseg.cli.evaluate import build_parser as build_evaluate_parser
+
+    for parser in (build_parser(), build_evaluate_parser()):
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and "default" in action.help, action.option_strings
+    evaluate_help = " ".join(build_evaluate_parser().format_help().split())
+    assert "stacked slices (default: from the checkpoint's preprocessing record, else the model's recipe)" in evaluate_help
     assert TrainConfig().n_batch == 8
