@@ -121,3 +121,12 @@ def test_a_saved_model_without_training_records_its_width_as_slices(tmp_path):
     save_checkpoint(tmp_path / "plain.pth", model)
     _, resolved = load_with_preprocessing(tmp_path / "plain.pth", PreprocessingFlags())
     assert resolved.n_chunk == 3 and resolved.model_config == json.loads(json.dumps(model.config))
+
+
+def test_the_authors_keras_files_get_their_recipe_and_their_own_input_width():
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures"
+    model, resolved = load_with_preprocessing(fixtures / "xnet_small_weights.h5", PreprocessingFlags("xnet"))
+    assert (resolved.dataset_means, resolved.dataset_stddevs, resolved.source) == ([0.0], [100.0], "recipe xnet")
+    assert resolved.n_chunk == model.in_channels and resolved.model_config == model.config

@@ -164,8 +164,17 @@ def resolve_preprocessing(checkpoint: dict, flags: PreprocessingFlags, path="che
 
 def load_with_preprocessing(path: str | os.PathLike, flags: PreprocessingFlags):
     """Loads the model at ``path`` (eval mode) with the preprocessing it needs: (model, Preprocessing)."""
-    from spinseg.models.checkpoint import load_safetensors, model_from_checkpoint
+    from spinseg.models import keras_weights
+    from spinseg.models.checkpoint import load_model, load_safetensors, model_from_checkpoint
 
+    if keras_weights.is_hdf5_file(path):
+        # The authors' Keras files record no preprocessing (the recipe gives it) but fix the network,
+        # its input width included: the slices are what the built model takes.
+        preprocessing = resolve_preprocessing({}, flags, path)
+        model = load_model(path, preprocessing.model_name, **flags.model_config)
+        preprocessing.n_chunk = int(getattr(model, "in_channels", preprocessing.n_chunk))
+        preprocessing.model_config = dict(getattr(model, "config", {}))
+        return model, preprocessing
     checkpoint = read_model_file(path)
     preprocessing = resolve_preprocessing(checkpoint, flags, path)
     if Path(path).suffix == ".safetensors":
