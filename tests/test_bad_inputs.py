@@ -209,6 +209,20 @@ def nan_mask() -> np.ndarray:
     mask[1, 2, 3] = np.nan
     return mask
 
+def our_spin_checkpoint(workspace: Workspace) -> str:
+    """One of our checkpoints of the small SPiN (5 slices, ATLAS normalisation recorded)."""
+    from spinseg.checkpoint import save_checkpoint
+    from spinseg.models import build_model
+    from spinseg.models.model_config import parse_model_config
+    from spinseg.recipes.config import TrainConfig
+    from spinseg.recipes.preprocessing import preprocessing_record
+
+    path = workspace.path("ours_spin.pth")
+    model = build_model("spin", **{**parse_model_config(SMALL_SPIN_CONFIG), "input_channels": 5})
+    model.preprocessing = preprocessing_record(TrainConfig())
+    save_checkpoint(path, model)
+    return str(path)
+
 
 STRING_VOLUME = np.full(SHAPE, "abc")
 COMPLEX_VOLUME = np.zeros(SHAPE, np.complex64)
@@ -277,6 +291,17 @@ CASES = [
     Case("score_label_map", "score: a label map (values 0, 1, 2) without --label",
          lambda w: w.score("labels", *mask_folders(w, "labels", np.arange(np.prod(SHAPE)).reshape(SHAPE).astype(np.uint8) % 3)),
          ("labels_pred/a.nii.gz", "label map", "--label N"), tested=False),
+    Case("evaluate_model_conflict", "evaluate: --model unet with a checkpoint of SPiN",
+         lambda w: w.evaluate("conflict", None, None, "--restore_path", our_spin_checkpoint(w), "--model", "unet"),
+         ("ours_spin.pth", "checkpoint of model 'spin'", "--model 'unet'")),
+    Case("evaluate_n_chunk_conflict", "evaluate: --n_chunk other than the checkpoint's",
+         lambda w: w.evaluate("chunk", None, None, "--restore_path", our_spin_checkpoint(w), "--n_chunk", "3"),
+         ("ours_spin.pth", "5 stacked slices", "--n_chunk 3"), tested=False),
+    Case("train_unknown_recipe", "--recipe that is not named",
+         lambda w: w.train("recipe", None, None, "--recipe", "vnet"), ("--recipe", "vnet", "spin_synthetic_cpu")),
+    Case("train_missing_statistics", "--recipe spin_glas whose statistics.json is missing",
+         lambda w: w.train("statistics", None, None, "--recipe", "spin_glas", "--dataset_statistics", str(w.path("none.json"))),
+         ("none.json", "not found", "spin_glas")),
     Case("evaluate_other_architecture", "evaluate: release checkpoint of another configuration (paper-size SPiN expected)",
          lambda w: w.evaluate("arch", None, None, "--model_config", ""),
          ("spin_small_original_format.pth", "shape", "!=")),

@@ -9,7 +9,6 @@ import torch
 
 from spinseg.acceleration.inference import predict_volume_fast, prepare_inference_model
 from spinseg.data.images import is_rgb_image_file, load_image, load_mask, predict_image
-from spinseg.data.transforms import Normalization
 from spinseg.data.volumes import (
     check_same_shape,
     check_volume_pairs,
@@ -23,9 +22,9 @@ from spinseg.evaluation.metrics import pooled_release_metrics
 from spinseg.inference.predictor import predict_volume
 from spinseg.io.figures import save_overlay_montage, save_slice_panel
 from spinseg.io.files import write_json, write_text
-from spinseg.models.checkpoint import load_model
-from spinseg.models.model_config import model_input_config, parse_model_config
+from spinseg.io.progress import progress_bar
 from spinseg.recipes.config import EvaluateConfig
+from spinseg.recipes.preprocessing import flags_of, load_with_preprocessing, with_preprocessing
 from spinseg.training.runtime import select_device
 
 KNOWN_METRIC_GROUPS = ("release", "challenge", "size", "boundary")
@@ -70,9 +69,11 @@ def evaluate(config: EvaluateConfig) -> dict:
     small_lesion_slices = None
     if config.small_lesion_slices_path:
         small_lesion_slices = read_small_lesion_slices(config.small_lesion_slices_path, len(scan_paths))
-    model_config = model_input_config(config.model_name, config.n_chunk, 1, parse_model_config(config.model_config))
-    model = load_model(config.restore_path, config.model_name, **model_config).to(device)
-    normalization = Normalization(config.dataset_normalization, config.dataset_means, config.dataset_stddevs)
+    # Model, slices, normalisation and threshold: the flags given, else the checkpoint's, else its recipe's.
+    model, preprocessing = load_with_preprocessing(config.restore_path, flags_of(config))
+    model = model.to(device)
+    config = with_preprocessing(config, preprocessing)
+    normalization = preprocessing.normalization()
     output = Path(config.output_path)
     method = config.method_name or config.model_name.upper().replace("SPIN", "SPiN")
     if is_rgb_image_file(scan_paths[0]):
@@ -84,14 +85,12 @@ def evaluate(config: EvaluateConfig) -> dict:
 
     records, montages, small_gts, small_preds = [], {}, [], []
     started = time.time()
-    from tqdm import tqdm
-
-    for index, (scan_path, ground_truth_path) in enumerate(tqdm(list(zip(scan_paths, ground_truth_paths)), desc="evaluate")):
+    for index, (scan_path, ground_truth_path) in enumerate(progress_bar(list(zip(scan_paths, ground_truth_paths)), desc="evaluate")):
         scan, ground_truth = load_volume(scan_path), load_volume(ground_truth_path)
         check_same_shape(scan, scan_path, ground_truth, ground_truth_path)
         ground_truth = np.asarray(ground_truth) > 0
         probabilities = volume_probabilities(model, scan, config, normalization, device)
-        prediction = probabilities > 0.5
+        prediction = probabilities > config.threshold
         subject = subject_id_from_path(scan_path)
         record = reporting.subject_record(subject, ground_truth, prediction, config.voxel_volume_ml)
         if "boundary" in config.metrics:
@@ -176,7 +175,7 @@ def evaluate_images(config: EvaluateConfig, model, normalization, device, image_
         image, ground_truth = load_image(image_path), np.asarray(load_mask(ground_truth_path)) > 0
         probabilities = predict_image(model, np.asarray(image), normalization, device, output_shape=ground_truth.shape,
                                       test_time_flip=config.test_time_flip, amp=config.amp)
-        prediction = probabilities > 0.5
+        prediction = probabilities > config.threshold
         name = Path(image_path).stem
         records.append({"subject_id": name, **release_metrics(ground_truth, prediction)})
         if config.do_visualize_predictions:

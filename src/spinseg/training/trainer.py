@@ -32,6 +32,7 @@ from spinseg.data.volumes import (
 from spinseg.errors import UserInputError, fail, warn
 from spinseg.evaluation.metrics import mean_over_subjects, release_metrics
 from spinseg.io.files import write_json
+from spinseg.io.progress import progress_bar
 from spinseg.models import build_model
 from spinseg.models.checkpoint import (
     load_model,
@@ -43,6 +44,7 @@ from spinseg.models.checkpoint import (
 from spinseg.models.keras_weights import is_hdf5_file
 from spinseg.models.model_config import model_input_config, parse_model_config
 from spinseg.recipes.config import TrainConfig, schedule_value, validate_train_config
+from spinseg.recipes.preprocessing import preprocessing_record
 from spinseg.training.run_folder import (
     CHECKPOINT_PATTERN,
     check_free_space,
@@ -147,6 +149,7 @@ def train(config: TrainConfig) -> dict:
     channels_per_slice = 3 if two_dimensional else 1
     model_config = model_input_config(config.model_name, config.n_chunk, channels_per_slice, parse_model_config(config.model_config))
     model = build_model(config.model_name, **model_config)
+    model.preprocessing = preprocessing_record(config)  # saved in every checkpoint: evaluate/predict need no flags
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=config.learning_rates[0], weight_decay=config.w_weight_decay
     )
@@ -285,9 +288,7 @@ def train(config: TrainConfig) -> dict:
             flush=True,
         )
 
-    from tqdm import tqdm
-
-    progress = tqdm(total=total_steps, initial=step, disable=not context.is_main, desc="train", dynamic_ncols=True)
+    progress = progress_bar(total=total_steps, initial=step, enabled=context.is_main, desc="train", dynamic_ncols=True)
     model.train()
     loss_value, start_time, start_step = resumed_loss, time.time(), step
     while step < total_steps:
