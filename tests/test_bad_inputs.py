@@ -138,6 +138,36 @@ def bare_unet_state_dict(workspace: Workspace) -> str:
 
 
 
+def keras_weights_case(workspace: Workspace, kind: str) -> str:
+    """A Keras weights file that cannot be loaded as X-Net: another model's, truncated, or missing a layer."""
+    import shutil
+
+    import h5py
+
+    source = TESTS / "fixtures" / "xnet_small_weights.h5"
+    path = workspace.path(f"keras_{kind}.h5")
+    if kind == "other_model":
+        shutil.copy(TESTS / "fixtures" / "clcinet_small_weights.h5", path)
+    elif kind == "truncated":
+        path.write_bytes(source.read_bytes()[:100_000])
+    else:  # the file without its fifth layer (a 1x1 convolution), as if a layer had been cut out
+        shutil.copy(source, path)
+        with h5py.File(path, "r+") as handle:
+            names = list(handle.attrs["layer_names"])
+            handle.attrs["layer_names"] = np.array(names[:4] + names[5:])
+    return str(path)
+
+
+def other_width_kiunet_state_dict(workspace: Workspace) -> str:
+    """The release's KiU-Net state dict with its first encoder convolution 24 channels wide instead of 16."""
+    state = torch.load(TESTS / "fixtures" / "kiunet_release_state_dict.pth", map_location="cpu", weights_only=True)
+    state["encoder1.weight"] = torch.zeros(24, 1, 3, 3)
+    path = workspace.path("kiunet_other_width.pth")
+    torch.save(state, path)
+    return str(path)
+
+
+
 def blocked_checkpoint_folder(workspace: Workspace) -> Path:
     """A run folder whose ``checkpoints`` is a regular file, so the folder cannot be made."""
     run = workspace.path("blocked")
@@ -201,6 +231,18 @@ CASES = [
     Case("evaluate_other_architecture", "evaluate: release checkpoint of another configuration (paper-size SPiN expected)",
          lambda w: w.evaluate("arch", None, None, "--model_config", ""),
          ("spin_small_original_format.pth", "shape", "!=")),
+    Case("evaluate_keras_other_model", "evaluate: Keras weights of another model (CLCI-Net's given as X-Net)",
+         lambda w: w.evaluate("keras_other", None, None, "--model_config", "", "--model_name", "xnet",
+                              "--restore_path", keras_weights_case(w, "other_model")), ("keras_other_model.h5", "not the Keras weights of 'xnet'")),
+    Case("evaluate_keras_truncated", "evaluate: truncated Keras .h5",
+         lambda w: w.evaluate("keras_truncated", None, None, "--model_config", "", "--model_name", "xnet",
+                              "--restore_path", keras_weights_case(w, "truncated")), ("keras_truncated.h5", "not a readable Keras weights file")),
+    Case("evaluate_keras_missing_layer", "evaluate: Keras .h5 with a layer missing",
+         lambda w: w.evaluate("keras_missing", None, None, "--model_config", "", "--model_name", "xnet", "--n_chunk", "1",
+                              "--restore_path", keras_weights_case(w, "missing_layer")), ("keras_missing_layer.h5", "does not fit 'xnet'", "batch_normalization_3")),
+    Case("evaluate_kiunet_other_width", "evaluate: the release's KiU-Net state dict with a layer of another width",
+         lambda w: w.evaluate("kiunet_width", None, None, "--model_config", "", "--model_name", "kiunet",
+                              "--restore_path", other_width_kiunet_state_dict(w)), ("kiunet_other_width.pth", "unet_encoder.0.conv.weight", "!=")),
 ]
 
 

@@ -213,10 +213,13 @@ def reference_state_dict(name: str, config: dict, n_chunk: int, normalization, s
     """
     from spinseg.data.volumes import load_volume, stack_slices
     from spinseg.models import build_model
-    from spinseg.models.checkpoint import model_from_checkpoint, read_checkpoint
+    from spinseg.models.checkpoint import load_model, model_from_checkpoint, read_checkpoint
+    from spinseg.models.keras_weights import is_hdf5_file
 
     torch.manual_seed(seed)
     if checkpoint:
+        if is_hdf5_file(checkpoint):  # the authors' Keras weights
+            return load_model(checkpoint, name, **config).state_dict()
         model = model_from_checkpoint(read_checkpoint(checkpoint), checkpoint, name, **config)
         return model.state_dict()
     model = build_model(name, **config)
