@@ -60,6 +60,10 @@ def evaluate(config: EvaluateConfig) -> dict:
     unknown = sorted(set(config.metrics) - set(KNOWN_METRIC_GROUPS))
     if unknown:
         raise UserInputError(f"--metrics: unknown group(s) {', '.join(unknown)}; choose from {', '.join(KNOWN_METRIC_GROUPS)}")
+    if config.preset:  # the release's preparation and scoring of one method (issue 13)
+        from spinseg.evaluation.release_evaluation import evaluate_with_preset
+
+        return evaluate_with_preset(config)
     if not config.restore_path:
         raise UserInputError("--restore_path: give the checkpoint to evaluate")
     device = select_device(config.device)
@@ -129,7 +133,11 @@ def evaluate(config: EvaluateConfig) -> dict:
               reporting.format_table2_row(method, table2), ""]
     if table3 is not None:
         lines += ["Table 3 (small-lesion slices, pooled):", reporting.format_table2_header(),
-                  reporting.format_table2_row(method, table3), ""]
+                  reporting.format_table2_row(method, table3)]
+        # Spread over subjects: the bootstrap interval of the pooled Table 3 DSC.
+        table3["dice_interval_95"] = small_lesion_dice_interval(records, small_gts, small_preds)
+        low, high = table3["dice_interval_95"]
+        lines += [f"Table 3 DSC 95% bootstrap interval over subjects: [{low:.3f}, {high:.3f}]", ""]
     else:
         lines += ["Table 3: no small-lesion slices in these subjects", ""]
     if "challenge" in config.metrics:
@@ -148,6 +156,19 @@ def evaluate(config: EvaluateConfig) -> dict:
     )
     print(f"wrote {output / 'results.txt'}, {report_path}, per-subject CSV/JSON and plots in {output}", flush=True)
     return {"table2": table2, "table3": table3, "records": records, "output_path": str(output), "seconds": seconds}
+
+
+def small_lesion_dice_interval(records: list[dict], small_gts: list, small_preds: list) -> list[float]:
+    """95% bootstrap interval over subjects of the pooled small-lesion DSC, from listed slices or records."""
+    from spinseg.evaluation.metrics import bootstrap_interval, confusion_counts, pooled_dice_of_counts
+
+    if small_gts:
+        counts = [confusion_counts(gt, pred)[:3] for gt, pred in zip(small_gts, small_preds)]
+    else:
+        keys = ("small_lesion_true_positive_voxels", "small_lesion_false_positive_voxels", "small_lesion_false_negative_voxels")
+        counts = [tuple(int(record[key]) for key in keys) for record in records]
+    columns = [np.array(column) for column in zip(*counts)]
+    return list(bootstrap_interval(columns, pooled_dice_of_counts))
 
 
 def volume_probabilities(model, scan: np.ndarray, config: EvaluateConfig, normalization, device) -> np.ndarray:

@@ -90,6 +90,8 @@ class EvaluateConfig:
     dataset_stddevs: list[float] = field(default_factory=lambda: [ATLAS_STD])
     output_path: str = "outputs/spin_evaluation"
     method_name: str = ""
+    # The release's input preparation, scoring grid and threshold of one method (spinseg.recipes.release_presets).
+    preset: str = ""
     metrics: list[str] = field(default_factory=lambda: ["release", "challenge", "size"])
     do_visualize_predictions: bool = False
     save_prediction_nifti: bool = False
