@@ -16,6 +16,11 @@ from spinseg.constants import ATLAS_MEAN, ATLAS_STD
 from spinseg.errors import UserInputError
 
 
+# Losses and optimisers the trainer builds by name (spinseg.training.losses implements them).
+LOSS_NAMES = ("cross_entropy", "bce_dice", "soft_dice", "eml", "two_class_cross_entropy")
+OPTIMIZER_NAMES = ("adam", "sgd")
+
+
 @dataclass
 class TrainConfig:
     """Everything ``python -m spinseg.train`` takes; defaults are the paper's SPiN recipe on ATLAS."""
@@ -53,6 +58,8 @@ class TrainConfig:
     # Loss: BCE with logits on the final logits, positive class weighted.
     loss_func_segmentation: str = "cross_entropy"
     w_positive_class: float = 1.5
+    # Optimiser: adam (SPiN and most baselines) or sgd (D-UNet's release recipe); see spinseg.training.losses.
+    optimizer: str = "adam"
     # Bookkeeping.
     n_summary: int = 1000
     n_checkpoint: int = 1000
@@ -173,8 +180,10 @@ def validate_train_config(config: TrainConfig) -> None:
         problems.append("--val_batch_size must be >= 1, --n_workers and --n_thread >= 0")
     if config.max_steps == 0 or config.max_steps < -1:
         problems.append(f"--max_steps must be >= 1, or -1 for the whole schedule (got {config.max_steps})")
-    if config.loss_func_segmentation != "cross_entropy":
-        problems.append(f"--loss_func_segmentation {config.loss_func_segmentation!r} is not supported (cross_entropy)")
+    if config.loss_func_segmentation not in LOSS_NAMES:
+        problems.append(f"--loss_func_segmentation {config.loss_func_segmentation!r} is not one of {', '.join(LOSS_NAMES)}")
+    if config.optimizer not in OPTIMIZER_NAMES:
+        problems.append(f"--optimizer {config.optimizer!r} is not one of {', '.join(OPTIMIZER_NAMES)}")
     if min(config.n_summary, config.n_checkpoint) < 1 or config.n_validation < 0:
         problems.append("--n_summary and --n_checkpoint must be >= 1, --n_validation >= 0")
     if config.dataset_normalization not in ("standard", "none"):

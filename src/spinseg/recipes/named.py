@@ -56,10 +56,12 @@ RECIPES = {
 def recipe(name: str) -> ModelRecipe:
     """The recipe of model ``name`` (a registry name)."""
     from spinseg.errors import UserInputError
+    from spinseg.recipes.release_recipes import RELEASE_RECIPES  # each baseline's own recipe (issue 13)
 
-    if name not in RECIPES:
-        raise UserInputError(f"no recipe for model {name!r}; known: {', '.join(RECIPES)}")
-    return RECIPES[name]
+    known = {**RECIPES, **RELEASE_RECIPES}
+    if name not in known:
+        raise UserInputError(f"no recipe for model {name!r}; known: {', '.join(known)}")
+    return known[name]
 
 
 def train_defaults(name: str) -> dict:

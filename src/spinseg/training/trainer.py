@@ -147,9 +147,13 @@ def train(config: TrainConfig) -> dict:
     channels_per_slice = 3 if two_dimensional else 1
     model_config = model_input_config(config.model_name, config.n_chunk, channels_per_slice, parse_model_config(config.model_config))
     model = build_model(config.model_name, **model_config)
-    optimizer = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rates[0], weight_decay=config.w_weight_decay
-    )
+    # --- issue 13: loss and optimiser by name (SPiN's: cross_entropy, adam; the baselines' release recipes) ---
+    from spinseg.training.losses import build_loss, build_optimizer
+
+    optimizer = build_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad],
+                                config.learning_rates[0], config.w_weight_decay)
+    segmentation_loss = build_loss(config.loss_func_segmentation, config.w_positive_class)
+    # --- end issue 13 ---
     step, best, resumed_loss = 0, {"dice": -1.0, "step": 0}, float("nan")
 
     restore, checkpoint = config.restore_path, None
@@ -236,7 +240,6 @@ def train(config: TrainConfig) -> dict:
     total_steps = n_epochs * steps_per_epoch
     if config.max_steps > 0:
         total_steps = min(total_steps, config.max_steps)
-    pos_weight = torch.tensor([config.w_positive_class], device=device)
 
     writer = None
     if context.is_main:
@@ -310,7 +313,7 @@ def train(config: TrainConfig) -> dict:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
                 logits = forward_model(images)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight)
+            loss = segmentation_loss(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
