@@ -6,7 +6,7 @@
 
 Scans are stored float32, ground truths uint8 (OR of the subject's masks). Re-running skips subjects whose
 outputs are newer than their inputs. Problems with the input stop the run with one line and exit code 2.
-See spinseg.data.setup_atlas for the layouts.
+See spinseg.datasets.setup_atlas for the layouts.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import fail
-from .layers_extra import ConvLSTM2d, ConvNormActivation, DoubleConv
+from .layers_extra import DoubleConv
 from .registry import build_model
 
 KERAS_MODELS = ("xnet", "clcinet", "dunet")
