@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from spinseg.data import synthetic  # noqa: E402
+from spinseg.datasets import synthetic  # noqa: E402
 from spinseg.errors import UserInputError, cli_entry  # noqa: E402
 
 

@@ -317,7 +317,22 @@ CASES = [
     Case("evaluate_kiunet_other_width", "evaluate: the release's KiU-Net state dict with a layer of another width",
          lambda w: w.evaluate("kiunet_width", None, None, "--model_config", "", "--model_name", "kiunet",
                               "--restore_path", other_width_kiunet_state_dict(w)), ("kiunet_other_width.pth", "unet_encoder.0.conv.weight", "!=")),
+    Case("compare_no_checkpoints", "compare --from_checkpoints: a folder holding no authors' checkpoint",
+         lambda w: ["-m", "spinseg.compare", "--from_checkpoints", str(empty_folder(w, "no_checkpoints")),
+                    "--test_scans", str(w.scans_list), "--test_ground_truths", str(w.masks_list),
+                    "--output_dir", str(w.path("compare_none")), "--device", "cpu"],
+         ("no_checkpoints", "no authors' checkpoint found", "x-net/xnet_atlas_traintest.h5")),
+    Case("evaluate_unknown_preset", "evaluate: an unknown --preset name",
+         lambda w: w.evaluate("preset", None, None, "--preset", "vnet"), ("--preset", "'vnet'", "known: spin")),
 ]
+
+
+def empty_folder(workspace: Workspace, name: str) -> Path:
+    """A folder with a stray file but no checkpoint under the release's names."""
+    folder = workspace.path(name)
+    (folder / "x-net").mkdir(parents=True, exist_ok=True)
+    (folder / "x-net" / "notes.txt").write_text("not a checkpoint\n")
+    return folder
 
 
 def run_cases(root: Path, cases: list[Case]) -> dict[str, tuple[list[str], subprocess.CompletedProcess]]:

@@ -16,7 +16,12 @@ from spinseg.cli.evaluate import parse_evaluate_config
 from spinseg.cli.train import build_parser, parse_train_config
 from spinseg.recipes.config import TrainConfig, validate_train_config
 from spinseg.recipes.named import NAMED_RECIPES, RECIPES, recipe
-from spinseg.recipes.preprocessing import flags_of, preprocessing_record, resolve_preprocessing
+from spinseg.recipes.preprocessing import (
+    flags_of,
+    preprocessing_record,
+    resolve_preprocessing,
+)
+from spinseg.recipes.release_presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(path for path in (REPO / "bash").rglob("*.sh")
@@ -92,15 +97,21 @@ def script_arguments(script: Path, workspace: Path) -> list[str]:
 def test_every_script_names_an_existing_recipe_that_parses(script, workspace):
     arguments = script_arguments(script, workspace)
     assert arguments[:2] in (["-m", "spinseg.train"], ["-m", "spinseg.evaluate"])
-    assert "--recipe" in arguments and arguments[arguments.index("--recipe") + 1] in NAMED_RECIPES
-    # Only the recipe, paths and the pass-through remain in the scripts.
+    if "--preset" in arguments:  # the authors' checkpoint scored as the release scored it
+        assert arguments[1] == "spinseg.evaluate" and arguments[arguments.index("--preset") + 1] in PRESETS
+        assert "--recipe" not in arguments
+        config = parse_evaluate_config(arguments[2:])
+        assert config.restore_path.startswith("pretrained_models/")
+    else:
+        assert "--recipe" in arguments and arguments[arguments.index("--recipe") + 1] in NAMED_RECIPES
+    # Only the recipe (or preset), paths and the pass-through remain in the scripts.
     flags = {item for item in arguments[2:] if item.startswith("--")}
-    assert flags <= {"--recipe", "--train_multimodal_scan_paths", "--train_ground_truth_path", "--val_multimodal_scan_paths",
+    assert flags <= {"--recipe", "--preset", "--train_multimodal_scan_paths", "--train_ground_truth_path", "--val_multimodal_scan_paths",
                      "--val_ground_truth_path", "--checkpoint_path", "--multimodal_scan_paths", "--ground_truth_path",
                      "--small_lesion_slices_path", "--restore_path", "--output_path"}, flags
     if arguments[1] == "spinseg.train":
         validate_train_config(parse_train_config(arguments[2:]))
-    else:
+    elif "--recipe" in arguments:
         config = parse_evaluate_config(arguments[2:])
         named = recipe(config.recipe)
         # The authors' checkpoints record nothing: the recipe gives model, slices and normalisation.

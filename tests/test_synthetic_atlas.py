@@ -17,6 +17,7 @@ from spinseg.datasets.synthetic import (
     default_shape,
     generate_subject,
     load_head_model,
+    TEST_SMALL_LESIONS,
     make_splits,
     subject_files,
     write_synthetic_atlas,
@@ -89,7 +90,20 @@ def test_mask_split_in_two_overlapping_files(raw_tree):
     assert [p.name for p in mask_paths] == ["c0007s0001t01_LesionSmooth_stx.nii.gz", "c0007s0001t01_LesionSmooth_1_stx.nii.gz"]
     first, second = (np.asarray(nib.load(p).dataobj) for p in mask_paths)
     assert first.any() and second.any() and (first & second).any()  # the OR matters, a sum would give 2
-    np.testing.assert_array_equal(first | second, generate_subject(4, 0, SHAPE)["mask"])
+    held_out = "c0007s0001t01" in read_split(root / "data_split/traintest")["test"]
+    extra = TEST_SMALL_LESIONS if held_out else 0  # test subjects carry the extra small lesions
+    np.testing.assert_array_equal(first | second, generate_subject(4, 0, SHAPE, extra)["mask"])
+
+
+def test_test_subjects_get_extra_small_lesions():
+    from scipy import ndimage
+
+    # Full 1 mm grid: on the coarse test grid a 5-100 mm^3 lesion is a voxel or two and may warp away.
+    plain, extra = generate_subject(1, 0), generate_subject(1, 0, extra_small_lesions=TEST_SMALL_LESIONS)
+    components = [ndimage.label(subject["mask"], np.ones((3, 3, 3)))[1] for subject in (plain, extra)]
+    assert components[1] >= components[0] + TEST_SMALL_LESIONS // 2
+    assert len(small_lesion_slices(extra["mask"])) > len(small_lesion_slices(plain["mask"]))
+    assert extra["lesion_volumes"] == plain["lesion_volumes"]
 
 
 def test_deterministic_and_seed_dependent():

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Evaluate clcinet on the ATLAS R1.2 test subjects (traintest) with the shared evaluation code.
-# Recipe "clcinet" (src/spinseg/recipes/named.py) gives checkpoints that record no preprocessing theirs; pins GPU 0.
+# Evaluate CLCI-Net as the release did (preset clcinet: docs/release_presets.md) on the ATLAS R1.2 test
+# subjects (traintest); prints the Table 2 (and Table 3) row. Default checkpoint: the authors' one
+# (pretrained_models/clci-net/clcinet_atlas_traintest.h5); override with e.g. --restore_path trained_clcinet/atlas/clcinet_traintest/best.pth
+# (a model trained here reads its inputs as its training recipe did: evaluate it with --recipe clcinet instead).
 set -euo pipefail
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 
 python -m spinseg.evaluate \
-  --recipe clcinet \
+  --preset clcinet \
   --multimodal_scan_paths testing/atlas/traintest/test_scans.txt \
   --ground_truth_path testing/atlas/traintest/test_ground_truths.txt \
-  --restore_path trained_clcinet/atlas/clcinet_traintest/best.pth \
-  --output_path outputs/clcinet/atlas_traintest \
+  --restore_path pretrained_models/clci-net/clcinet_atlas_traintest.h5 \
+  --output_path outputs/clcinet/atlas_traintest_release \
   "$@"

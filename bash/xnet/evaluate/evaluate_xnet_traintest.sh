@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Evaluate xnet on the ATLAS R1.2 test subjects (traintest) with the shared evaluation code.
-# Recipe "xnet" (src/spinseg/recipes/named.py) gives checkpoints that record no preprocessing theirs; pins GPU 0.
+# Evaluate X-Net as the release did (preset xnet: docs/release_presets.md) on the ATLAS R1.2 test
+# subjects (traintest); prints the Table 2 (and Table 3) row. Default checkpoint: the authors' one
+# (pretrained_models/x-net/xnet_atlas_traintest.h5); override with e.g. --restore_path trained_xnet/atlas/xnet_traintest/best.pth
+# (a model trained here reads its inputs as its training recipe did: evaluate it with --recipe xnet instead).
 set -euo pipefail
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 
 python -m spinseg.evaluate \
-  --recipe xnet \
+  --preset xnet \
   --multimodal_scan_paths testing/atlas/traintest/test_scans.txt \
   --ground_truth_path testing/atlas/traintest/test_ground_truths.txt \
-  --restore_path trained_xnet/atlas/xnet_traintest/best.pth \
-  --output_path outputs/xnet/atlas_traintest \
+  --restore_path pretrained_models/x-net/xnet_atlas_traintest.h5 \
+  --output_path outputs/xnet/atlas_traintest_release \
   "$@"

@@ -31,6 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max_test_subjects", type=int, default=0, help="evaluate on the first N test subjects (0 = all)")
     parser.add_argument("--model_overrides", default="", help="JSON {model: {config key: value}}")
+    # Issue 13: the paper's rows from the authors' checkpoints, and spread over seeds.
+    parser.add_argument("--from_checkpoints", default="",
+                        help="folder of the authors' checkpoints (e.g. pretrained_models/): evaluate each with its release "
+                        "preset on the test lists, no training; writes release_tables.md (default: '' = train and compare)")
+    parser.add_argument("--small_lesion_slices_path", default="",
+                        help="with --from_checkpoints: list of per-subject small-lesion slice files (default: '' = "
+                        "derived from each ground truth)")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[],
+                        help="train and evaluate once per seed and report mean ± sd (default: none = the one --seed)")
     return parser
 
 
@@ -43,6 +52,21 @@ def main(argv: list[str] | None = None) -> int:
         overrides = json.loads(args.model_overrides) if args.model_overrides else {}
     except json.JSONDecodeError as error:
         raise UserInputError(f"--model_overrides: not JSON ({error})") from None
+    if args.from_checkpoints:
+        from spinseg.experiments.release_rows import compare_from_checkpoints
+
+        compare_from_checkpoints(args.from_checkpoints, args.test_scans, args.test_ground_truths, args.output_dir,
+                                 args.device, overrides, args.small_lesion_slices_path, args.max_test_subjects)
+        return 0
+    if args.seeds:
+        from spinseg.experiments.seeds import compare_over_seeds
+
+        compare_over_seeds(sorted(set(args.seeds)), args.output_dir, models=args.models, train_scans=args.train_scans,
+                           train_ground_truths=args.train_ground_truths, test_scans=args.test_scans,
+                           test_ground_truths=args.test_ground_truths, max_steps=args.max_steps,
+                           crop_shape=args.crop_shape, n_batch=args.n_batch, n_workers=args.n_workers,
+                           model_overrides=overrides, device=args.device, max_test_subjects=args.max_test_subjects)
+        return 0
     compare(args.models, args.train_scans, args.train_ground_truths, args.test_scans, args.test_ground_truths,
             args.output_dir, args.max_steps, args.crop_shape, args.n_batch, args.seed, args.n_workers, overrides,
             args.device, args.max_test_subjects)

@@ -49,6 +49,11 @@ BIDS = "bids"
 PRIMARY_VOLUME_MM3 = (1_000.0, 40_000.0)
 SATELLITE_VOLUME_MM3 = (5.0, 500.0)
 MAX_SATELLITES = 3
+# Held-out (test) subjects get this many extra small lesions (5-100 mm^3, mostly <= 100 pixels per slice)
+# so that the Table 3 figure rests on dozens of small lesions rather than a handful; training subjects
+# are unchanged (a test subject's later random draws, texture, warp and noise, differ from before).
+TEST_SMALL_LESIONS = 8
+TEST_SMALL_LESION_VOLUME_MM3 = (5.0, 100.0)
 # Intensities relative to white matter (= 1) before scaling to ATLAS units.
 LESION_CORE_LEVEL = 0.25  # near CSF in the template (ventricles ~0.3 of WM)
 HEAD_LAYERS_MM = ((2.5, 0.2), (7.5, 0.1), (14.0, 0.8), (24.0, 0.45))  # (outer edge mm, level): CSF, skull, scalp, soft tissue
@@ -224,8 +229,12 @@ def _pick_center(rng: np.random.Generator, model: HeadModel, candidates: np.ndar
     return tuple(int(v) for v in np.unravel_index(flat, model.shape))
 
 
-def generate_subject(index: int, seed: int = 0, shape: tuple[int, int, int] | None = None) -> dict:
+def generate_subject(index: int, seed: int = 0, shape: tuple[int, int, int] | None = None,
+                     extra_small_lesions: int = 0) -> dict:
     """Generates subject ``index`` for ``seed`` on a (H, W, D) grid (default the full ATLAS grid).
+
+    ``extra_small_lesions`` adds that many small lesions (:data:`TEST_SMALL_LESION_VOLUME_MM3`), placed
+    from their own stream (seed, index, 1); the held-out subjects of :func:`write_synthetic_atlas` get them.
 
     Returns ``{"t1": (H, W, D) float32, "mask": (H, W, D) uint8 in {0, 1}, "affine": (4, 4),
     "lesion_volumes": list of target voxel counts}``. Same (index, seed, shape) -> same bytes.
@@ -248,6 +257,7 @@ def generate_subject(index: int, seed: int = 0, shape: tuple[int, int, int] | No
         center = _pick_center(rng, model, candidates)
         box, blob = _paint_blob(rng, model, center, voxels)
         lesion[box] |= blob
+    _paint_extra_small_lesions(lesion, model, index, seed, extra_small_lesions)
     if lesion.any():
         # Work in the lesions' bounding box (plus room for the soft edge) to keep this cheap.
         box = ndimage.find_objects(lesion.astype(np.uint8))[0]
@@ -293,6 +303,18 @@ def generate_subject(index: int, seed: int = 0, shape: tuple[int, int, int] | No
     }
 
 
+def _paint_extra_small_lesions(lesion: np.ndarray, model: HeadModel, index: int, seed: int, count: int) -> None:
+    """Paints ``count`` small lesions into ``lesion`` (H, W, D) in place, from stream (seed, index, 1)."""
+    if count <= 0:
+        return
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 1]))
+    for _ in range(count):
+        volume = float(np.exp(rng.uniform(*np.log(TEST_SMALL_LESION_VOLUME_MM3))))
+        center = _pick_center(rng, model, model.tissue_candidates)
+        box, blob = _paint_blob(rng, model, center, max(1, int(round(volume / model.voxel_volume))))
+        lesion[box] |= blob
+
+
 def subject_id(index: int, data_format: str = R12) -> str:
     """ID of synthetic subject ``index``: R1.2 cohorts c0003-c0011 like ATLAS, or ``sub-r001sNNN``."""
     if data_format == BIDS:
@@ -330,9 +352,9 @@ def subject_files(output_dir: str | os.PathLike, index: int, data_format: str = 
 
 
 def write_subject(output_dir: str | os.PathLike, index: int, seed: int = 0,
-                  shape: tuple[int, int, int] | None = None, data_format: str = R12) -> dict:
+                  shape: tuple[int, int, int] | None = None, data_format: str = R12, extra_small_lesions: int = 0) -> dict:
     """Generates and writes subject ``index`` (atomic gzip NIfTI files); returns its summary dict."""
-    subject = generate_subject(index, seed, shape)
+    subject = generate_subject(index, seed, shape, extra_small_lesions)
     scan_path, mask_paths = subject_files(output_dir, index, data_format)
     t1, mask, affine = subject["t1"], subject["mask"], subject["affine"]
     if len(mask_paths) == 2:
@@ -418,7 +440,9 @@ def write_synthetic_atlas(output_dir: str | os.PathLike, n_subjects: int = 30, s
     shape = None if shape is None else tuple(int(size) for size in shape)
     # Built once here so forked workers inherit it instead of rebuilding it.
     load_head_model(shape)
-    tasks = [(output_dir, index, seed, shape, data_format) for index in range(n_subjects)]
+    held_out = set(splits.get("traintest", {}).get("test", []))
+    tasks = [(output_dir, index, seed, shape, data_format, TEST_SMALL_LESIONS if ids[index] in held_out else 0)
+             for index in range(n_subjects)]
     summaries = []
     if n_workers <= 1:
         results = map(_write_subject_task, tasks)

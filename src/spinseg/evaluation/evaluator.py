@@ -60,6 +60,10 @@ def evaluate(config: EvaluateConfig) -> dict:
     unknown = sorted(set(config.metrics) - set(KNOWN_METRIC_GROUPS))
     if unknown:
         raise UserInputError(f"--metrics: unknown group(s) {', '.join(unknown)}; choose from {', '.join(KNOWN_METRIC_GROUPS)}")
+    if config.preset:  # the release's preparation and scoring of one method
+        from spinseg.evaluation.release_evaluation import evaluate_with_preset
+
+        return evaluate_with_preset(config)
     if not config.restore_path:
         raise UserInputError("--restore_path: give the checkpoint to evaluate")
     device = select_device(config.device)
@@ -127,11 +131,30 @@ def evaluate(config: EvaluateConfig) -> dict:
             Path(path).unlink(missing_ok=True)
 
     heading = [f"{len(records)} subjects, {seconds:.1f} s ({seconds / max(len(records), 1):.1f} s per volume)"]
+    # Spread over subjects: the bootstrap interval of the pooled Table 3 DSC.
+    interval = small_lesion_dice_interval(records, small_gts, small_preds)
+    if not np.isnan(interval[0]):
+        heading.append(f"Table 3 DSC 95% bootstrap interval over subjects: [{interval[0]:.3f}, {interval[1]:.3f}]")
     written = reporting.write_evaluation_outputs(
         output, records, method, config.metrics, heading, small_lesion_row=table3, montage_paths=worst,
     )
     table2, table3 = written["table2"], written["table3"]
+    if table3 is not None:
+        table3 = {**table3, "dice_interval_95": interval}
     return {"table2": table2, "table3": table3, "records": records, "output_path": str(output), "seconds": seconds}
+
+
+def small_lesion_dice_interval(records: list[dict], small_gts: list, small_preds: list) -> list[float]:
+    """95% bootstrap interval over subjects of the pooled small-lesion DSC, from listed slices or records."""
+    from spinseg.evaluation.metrics import bootstrap_interval, confusion_counts, pooled_dice_of_counts
+
+    if small_gts:
+        counts = [confusion_counts(gt, pred)[:3] for gt, pred in zip(small_gts, small_preds)]
+    else:
+        keys = ("small_lesion_true_positive_voxels", "small_lesion_false_positive_voxels", "small_lesion_false_negative_voxels")
+        counts = [tuple(int(record[key]) for key in keys) for record in records]
+    columns = [np.array(column) for column in zip(*counts)]
+    return list(bootstrap_interval(columns, pooled_dice_of_counts))
 
 
 def volume_probabilities(model, scan: np.ndarray, config: EvaluateConfig, normalization, device) -> np.ndarray:

@@ -538,6 +538,49 @@ def pooled_small_lesion_metrics(
 
 
 # --------------------------------------------------------------------------------------------------
+# Spread: bootstrap intervals over subjects
+# --------------------------------------------------------------------------------------------------
+
+
+def pooled_dice_of_counts(true_positives, false_positives, false_negatives) -> float:
+    """Dice of voxel counts summed over subjects (Table 3 pooling); 0 when every count is 0."""
+    tp, fp, fn = (float(np.sum(values)) for values in (true_positives, false_positives, false_negatives))
+    return _ratio(2 * tp, 2 * tp + fp + fn, RELEASE_EMPTY_SCORE)
+
+
+def bootstrap_interval(
+    samples: Sequence[np.ndarray],
+    statistic,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(*samples)`` resampling subjects with replacement.
+
+    ``samples`` are equally long 1-D arrays, one entry per subject, resampled jointly (paired), e.g.
+    (tp, fp, fn) per subject with :func:`pooled_dice_of_counts`, or (dice per subject,) with
+    ``numpy.mean``. Returns (low, high); (nan, nan) with fewer than two subjects. Same seed, same interval.
+    """
+    from scipy import stats
+
+    samples = [np.asarray(sample, dtype=np.float64) for sample in samples]
+    if not samples or len({sample.shape for sample in samples}) != 1 or samples[0].ndim != 1:
+        raise ValueError("bootstrap_interval needs equally long 1-D samples, one entry per subject")
+    if samples[0].size < 2:
+        return float("nan"), float("nan")
+    import warnings
+
+    with warnings.catch_warnings():
+        # Identical subjects give a zero-width distribution; scipy warns, the interval is still right.
+        warnings.simplefilter("ignore", category=stats.DegenerateDataWarning)
+        result = stats.bootstrap(
+            tuple(samples), statistic, n_resamples=n_resamples, confidence_level=confidence, paired=True,
+            vectorized=False, method="percentile", random_state=np.random.default_rng(seed),
+        )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+# --------------------------------------------------------------------------------------------------
 # Boundary metrics (defined in their own module; re-exported so callers find every metric here)
 # --------------------------------------------------------------------------------------------------
 

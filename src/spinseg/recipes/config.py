@@ -32,6 +32,10 @@ def option(default, help: str, aliases: tuple[str, ...] = ()):
 MODEL_FLAG, CHECKPOINT_FLAG, OUTPUT_FLAG, BATCH_FLAG = ("--model",), ("--checkpoint",), ("--output",), ("--batch_size",)
 FROM_CHECKPOINT = "default: from the checkpoint's preprocessing record, else the model's recipe"
 
+# Losses and optimisers the trainer builds by name (spinseg.training.losses implements them).
+LOSS_NAMES = ("cross_entropy", "bce_dice", "soft_dice", "eml", "two_class_cross_entropy")
+OPTIMIZER_NAMES = ("adam", "sgd")
+
 
 @dataclass
 class TrainConfig:
@@ -68,8 +72,9 @@ class TrainConfig:
     augmentation_noise_spread: float = option(1e-2, "noise standard deviation (normalised units)")
     augmentation_resize_and_pad: list[float] = option([1.0, 1.1], "zoom factor range LOW HIGH (resize, then crop or pad)")
     # Loss: BCE with logits on the final logits, positive class weighted.
-    loss_func_segmentation: str = option("cross_entropy", "loss: cross_entropy (binary, with logits)")
+    loss_func_segmentation: str = option("cross_entropy", "loss: cross_entropy (SPiN: binary, with logits), bce_dice, soft_dice, eml, two_class_cross_entropy (spinseg.training.losses)")
     w_positive_class: float = option(1.5, "weight of lesion pixels in the loss")
+    optimizer: str = option("adam", "optimiser: adam, or sgd (D-UNet's release recipe)")
     # Bookkeeping.
     n_summary: int = option(1000, "steps between tensorboard summaries")
     n_checkpoint: int = option(1000, "steps between checkpoints")
@@ -103,6 +108,7 @@ class EvaluateConfig:
     ground_truth_path: str = option("testing/atlas/traintest/test_ground_truths.txt", "list file of test masks, line k pairs with scan k")
     small_lesion_only: bool = option(False, "kept for the release's scripts (use --small_lesion_slices_path)")
     small_lesion_slices_path: str = option("", "list file of per-subject slice-index files for Table 3")
+    preset: str = option("", "evaluate as the release evaluated this method: spin, unet, xnet, clcinet, dunet, kiunet (docs/release_presets.md)")
     recipe: str = option("", "named recipe (spinseg.recipes.named) for what the checkpoint does not record")
     model_name: str | None = option(None, f"network ({FROM_CHECKPOINT})", MODEL_FLAG)
     model_config: str = option("", "JSON object (or file) of constructor arguments over the checkpoint's")
@@ -210,8 +216,10 @@ def validate_train_config(config: TrainConfig) -> None:
         problems.append("--val_batch_size must be >= 1, --n_workers and --n_thread >= 0")
     if config.max_steps == 0 or config.max_steps < -1:
         problems.append(f"--max_steps must be >= 1, or -1 for the whole schedule (got {config.max_steps})")
-    if config.loss_func_segmentation != "cross_entropy":
-        problems.append(f"--loss_func_segmentation {config.loss_func_segmentation!r} is not supported (cross_entropy)")
+    if config.loss_func_segmentation not in LOSS_NAMES:
+        problems.append(f"--loss_func_segmentation {config.loss_func_segmentation!r} is not one of {', '.join(LOSS_NAMES)}")
+    if config.optimizer not in OPTIMIZER_NAMES:
+        problems.append(f"--optimizer {config.optimizer!r} is not one of {', '.join(OPTIMIZER_NAMES)}")
     if min(config.n_summary, config.n_checkpoint) < 1 or config.n_validation < 0:
         problems.append("--n_summary and --n_checkpoint must be >= 1, --n_validation >= 0")
     if config.dataset_normalization not in ("standard", "none"):

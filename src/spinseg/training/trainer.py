@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from spinseg.acceleration.inference import predict_volume_fast, prepare_inference_model
@@ -45,6 +44,7 @@ from spinseg.models.keras_weights import is_hdf5_file
 from spinseg.models.model_config import model_input_config, parse_model_config
 from spinseg.recipes.config import TrainConfig, schedule_value, validate_train_config
 from spinseg.recipes.preprocessing import preprocessing_record
+from spinseg.training.losses import build_loss, build_optimizer
 from spinseg.training.run_folder import (
     CHECKPOINT_PATTERN,
     check_free_space,
@@ -150,9 +150,10 @@ def train(config: TrainConfig) -> dict:
     model_config = model_input_config(config.model_name, config.n_chunk, channels_per_slice, parse_model_config(config.model_config))
     model = build_model(config.model_name, **model_config)
     model.preprocessing = preprocessing_record(config)  # saved in every checkpoint: evaluate/predict need no flags
-    optimizer = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rates[0], weight_decay=config.w_weight_decay
-    )
+    # Loss and optimiser by name: SPiN's (cross_entropy, adam) or a baseline's release recipe.
+    optimizer = build_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad],
+                                config.learning_rates[0], config.w_weight_decay)
+    segmentation_loss = build_loss(config.loss_func_segmentation, config.w_positive_class)
     step, best, resumed_loss = 0, {"dice": -1.0, "step": 0}, float("nan")
 
     restore, checkpoint = config.restore_path, None
@@ -239,7 +240,6 @@ def train(config: TrainConfig) -> dict:
     total_steps = n_epochs * steps_per_epoch
     if config.max_steps > 0:
         total_steps = min(total_steps, config.max_steps)
-    pos_weight = torch.tensor([config.w_positive_class], device=device)
 
     writer = None
     if context.is_main:
@@ -311,7 +311,7 @@ def train(config: TrainConfig) -> dict:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
                 logits = forward_model(images)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight)
+            loss = segmentation_loss(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
