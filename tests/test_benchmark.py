@@ -13,6 +13,7 @@ import torch
 
 from spinseg.acceleration.allocator import tune_glibc_malloc
 from spinseg.experiments.benchmark import TOLERANCE_AMP, PeakMemory, importable_models, matmul_gflops, write_synthetic_volumes
+from spinseg.recipes.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,3 +136,35 @@ def test_inference_comparison_counts_mask_differences_and_dice(tmp_path):
     assert check["mask_voxels_different"] == 2 and check["plain_mask_voxels"] == 4
     assert check["mask_dice"] == pytest.approx(2 * 3 / 8)
     assert check["max_abs_difference"] == pytest.approx(0.7) and not check["passed"]
+
+
+def test_training_phase_times_the_trainers_own_step_with_the_models_recipe(tmp_path, monkeypatch):
+    """The training phase calls ``spinseg.training.trainer.training_step`` with the recipe's optimiser and loss weight.
+
+    KiU-Net's recipe starts at learning rate 1e-3, so a phase with a rate of its own would show here.
+    """
+    from spinseg.experiments import benchmark
+    from spinseg.models import build_model
+    from spinseg.training import trainer
+
+    calls = []
+    trainer_step = trainer.training_step
+
+    def recording_step(forward_model, optimizer, images, targets, pos_weight, amp):
+        group = optimizer.param_groups[0]
+        calls.append((group["lr"], group["weight_decay"], float(pos_weight), amp, images.is_contiguous(memory_format=torch.channels_last)))
+        return trainer_step(forward_model, optimizer, images, targets, pos_weight, amp)
+
+    monkeypatch.setattr(trainer, "training_step", recording_step)
+    scans, masks = write_synthetic_volumes(tmp_path, 1, benchmark.QUICK_SHAPE)
+    config, _, _ = benchmark.model_setup("kiunet")
+    torch.manual_seed(0)
+    torch.save(build_model("kiunet", **config).state_dict(), tmp_path / "weights.pt")
+    spec = {"model": "kiunet", "device": "cpu", "state_dict_path": str(tmp_path / "weights.pt"), "scan_paths": scans,
+            "mask_paths": masks, "batch_size": 2, "seed": 0, "variant": "channels_last", "amp": False, "repeats": 2}
+    result = benchmark.run_training_phase(spec)
+
+    recipe = benchmark.recipe_train_config("kiunet")
+    assert recipe.learning_rates[0] != TrainConfig().learning_rates[0]
+    assert calls == [(recipe.learning_rates[0], recipe.w_weight_decay, recipe.w_positive_class, False, True)] * 3
+    assert len(result["seconds_per_step"]["all"]) == 2 and np.isfinite(result["first_step_loss"])

@@ -7,7 +7,8 @@ memory-mapped volumes of the ATLAS shape, in one run on one machine:
 * inference seconds per volume: :func:`spinseg.inference.predict_volume` (plain) against
   :func:`spinseg.fast_inference.predict_volume_fast` (folded batch norm, channels-last, background
   slices skipped), their achieved GFLOP/s and its fraction of a measured fp32 matmul rate;
-* training slices per second: a plain eager Adam step against a channels-last one (and
+* training slices per second: the trainer's own step (:func:`spinseg.training.trainer.training_step`
+  with the model's recipe) on the plain eager model against the channels-last one (and
   ``torch.compile`` with ``--compile``);
 * with ``--bf16`` (default: where the device computes bf16 in hardware, e.g. CPUs with
   AVX512-BF16), the optimised inference and training paths once more under bf16 autocast
@@ -322,26 +323,49 @@ def training_batch(spec: dict, n_chunk: int, normalization) -> tuple[torch.Tenso
     return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
 
 
+def recipe_train_config(name: str):
+    """The ``TrainConfig`` the trainer would use for model ``name`` under its named recipe."""
+    from dataclasses import replace
+
+    from spinseg.recipes.config import TrainConfig
+    from spinseg.recipes.named import recipe
+
+    return replace(TrainConfig(), **recipe(name).train)
+
+
 def run_training_phase(spec: dict) -> dict:
-    """Times Adam steps on one full-slice batch: plain eager, channels-last (fp32 or bf16 autocast), or channels-last + compile.
+    """Times the trainer's own step (:func:`spinseg.training.trainer.training_step`, with the model's
+    recipe: learning rate, weight decay, lesion weight) on one full-slice batch: plain eager,
+    channels-last (fp32 or bf16 autocast), or channels-last + compile.
 
     The first step (same weights, same batch in every variant, dropout off) gives the loss the
     variants are compared on; it is also the warm-up and is timed apart.
     """
+    from dataclasses import replace
+
     from spinseg.acceleration.training import prepare_training_model
+    from spinseg.training.runtime import DistributedContext
+    from spinseg.training.trainer import (
+        batch_to_device,
+        build_optimizer,
+        positive_class_weight,
+        training_step,
+        wrap_for_training,
+    )
 
     device = torch.device(spec["device"])
     model, n_chunk, normalization = build_phase_model(spec)
     images, targets = training_batch(spec, n_chunk, normalization)
     channels_last = not spec["variant"].startswith("plain")
+    config = replace(recipe_train_config(spec["model"]), channels_last=channels_last, amp=spec["amp"],
+                     compile=spec["variant"].endswith("compile"))
     model.to(device).train()
-    images, targets = images.to(device), targets.to(device)
-    if channels_last:  # the trainer's optimised path (spinseg.fast_training)
+    if channels_last:  # the trainer's optimised path (spinseg.acceleration.training); "plain" is the bare model
         prepare_training_model(model, device, channels_last=True)
-        images = images.contiguous(memory_format=torch.channels_last)
-    forward_model = torch.compile(model) if spec["variant"].endswith("compile") else model
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-4)
-    pos_weight = torch.tensor([1.5], device=device)
+    images, targets = batch_to_device(images, targets, device, channels_last)
+    forward_model = wrap_for_training(model, config, DistributedContext(), device)
+    optimizer = build_optimizer(model, config)
+    pos_weight = positive_class_weight(config, device)
 
     dropouts = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
 
@@ -350,12 +374,7 @@ def run_training_phase(spec: dict) -> dict:
         # layout would differ between variants for reasons that are no bug.
         for module in dropouts:
             module.train(not deterministic)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["amp"]):
-            logits = forward_model(images)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, _ = training_step(forward_model, optimizer, images, targets, pos_weight, config.amp)
         return loss.item()  # .item() also waits for the GPU
 
     with PeakMemory(device) as memory:
@@ -465,7 +484,7 @@ def float_rounding_errors(model: torch.nn.Module, scan_path: str, n_chunk: int, 
             "slices": list(indices)}
 
 
-def training_loss_rounding(model: torch.nn.Module, spec: dict, n_chunk: int, normalization) -> dict:
+def training_loss_rounding(model: torch.nn.Module, spec: dict, n_chunk: int, normalization, positive_weight: float) -> dict:
     """|fp32 - float64| of the first training step's loss (train mode, dropout off) on the phases' batch.
 
     Batch norm in train mode divides by batch standard deviations, which amplifies rounding in
@@ -483,7 +502,7 @@ def training_loss_rounding(model: torch.nn.Module, spec: dict, n_chunk: int, nor
                 module.eval()
         with torch.no_grad():
             logits = network(images.to(dtype))
-            losses[dtype] = float(F.binary_cross_entropy_with_logits(logits, targets.to(dtype), pos_weight=torch.tensor([1.5], dtype=dtype)))
+            losses[dtype] = float(F.binary_cross_entropy_with_logits(logits, targets.to(dtype), pos_weight=torch.tensor([positive_weight], dtype=dtype)))
     return {"plain_loss": losses[torch.float32], "float64_loss": losses[torch.float64],
             "plain_vs_float64": abs(losses[torch.float32] - losses[torch.float64])}
 
@@ -521,16 +540,24 @@ def compare_inference(plain_path: str, fast_path: str, scan_path: str, n_chunk: 
 BF16_VARIANTS = {"inference": "fast_bf16", "training": "channels_last_bf16"}
 
 
-def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_rates: dict[str, float], isolate: bool,
-                    workdir: Path) -> dict:
-    """All phases of one model; returns its JSON record.
+def variant_precision(variant: str, amp: bool) -> str:
+    """"bf16" for the ``*_bf16`` variants (every variant under ``--amp``), else "fp32"."""
+    return "bf16" if amp or variant.endswith("_bf16") else "fp32"
 
-    ``matmul_rates`` holds "fp32" and, when bf16 is measured, "bf16" GFLOP/s; each variant's
-    achieved rate is set against the matmul of its own precision.
-    """
+
+def variant_tolerance(variant: str, amp: bool) -> dict:
+    """The agreement tolerances of a variant's precision."""
+    return TOLERANCE_AMP if variant_precision(variant, amp) == "bf16" else TOLERANCE_FP32
+
+
+def describe_model(name: str, setup: tuple[dict, int, Any], args, data: dict,
+                   workdir: Path) -> tuple[dict, Path, dict | None, dict | None]:
+    """Writes the reference weights every phase of ``name`` starts from; returns (the model's record
+    so far: parameters and GFLOP per slice, the weights' file, fp32 rounding of inference and of the
+    first training loss against float64 (None under ``--amp``)). ``setup``: :func:`model_setup`'s."""
     from spinseg.models import build_model
 
-    config, n_chunk, normalization = model_setup(name)
+    config, n_chunk, normalization = setup
     state_dict = reference_state_dict(name, config, n_chunk, normalization, data["scan_paths"][0], args.height, args.width,
                                       args.seed, checkpoint=args.checkpoints.get(name, ""))
     state_dict_path = workdir / f"{name}_state_dict.pt"
@@ -545,79 +572,111 @@ def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_ra
     rounding = None if args.amp else float_rounding_errors(model, data["scan_paths"][0], n_chunk, normalization)
     loss_rounding = None if args.amp else training_loss_rounding(
         model, {"scan_paths": data["scan_paths"], "mask_paths": data["mask_paths"], "batch_size": args.batch_size, "seed": args.seed},
-        n_chunk, normalization)
-    del model
-    # Each spec's "amp" follows its variant's precision (below).
+        n_chunk, normalization, recipe_train_config(name).w_positive_class)
+    return record, state_dict_path, rounding, loss_rounding
+
+
+def inference_specs(name: str, args, common: dict, data: dict, workdir: Path, extra_variants: list[str]) -> dict[str, dict]:
+    """The inference phases of one model: plain, fast, and ``extra_variants`` (default heap, bf16, compile)."""
+    return {
+        variant: {**common, "amp": variant_precision(variant, args.amp) == "bf16", "kind": "inference", "variant": variant,
+                  "scan_path": data["scan_paths"][0], "output_path": str(workdir / f"{name}_{variant}.npy"),
+                  "skip_background": not args.no_skip_background,
+                  "batch_size": args.inference_batch_size if variant.startswith("plain") else args.fast_batch_size,
+                  "default_heap": variant.endswith("default_heap")}
+        for variant in ["plain", "fast"] + extra_variants
+    }
+
+
+def score_inference(record: dict, specs: dict[str, dict], args, matmul_rates: dict[str, float], rounding: dict | None,
+                    pad_value: float) -> None:
+    """Adds to each inference result its achieved GFLOP/s, fraction of matmul, speed-ups and agreement check."""
+    amp = args.amp
+    # The best matmul rate of each precision seen at the start or inside a phase of that precision.
+    best_matmul = {key: max([rate] + [r["matmul_gflops_in_phase"] for v, r in record["inference"].items()
+                                      if variant_precision(v, amp) == key])
+                   for key, rate in matmul_rates.items()}
+    record["matmul_gflops_reference"] = best_matmul[variant_precision("fast", amp)]
+    record["matmul_gflops_reference_by_precision"] = best_matmul
+    inference = record["inference"]
+    plain_seconds = inference["plain"]["seconds_per_volume"]
+    for variant, result in inference.items():
+        best = result["seconds_per_volume"]["min"]
+        result["precision"] = variant_precision(variant, amp)
+        result["achieved_gflops"] = result["slices_run"] * record["gflop_per_slice"] / best
+        result["fraction_of_matmul"] = result["achieved_gflops"] / best_matmul[result["precision"]]
+        result["seconds_per_slice"] = best / args.depth
+        if variant == "plain_default_heap":
+            result["slowdown_against_tuned_heap"] = best / plain_seconds["min"]
+        elif variant != "plain":
+            result["check"] = compare_inference(specs["plain"]["output_path"], specs[variant]["output_path"],
+                                                specs[variant]["scan_path"], record["n_chunk"], pad_value,
+                                                variant_tolerance(variant, amp)["probability"], rounding)
+            result["speedup_over_plain"] = plain_seconds["min"] / best
+            result["median_speedup_over_plain"] = plain_seconds["median"] / result["seconds_per_volume"]["median"]
+            if "plain_default_heap" in inference:
+                result["speedup_over_plain_default_heap"] = inference["plain_default_heap"]["seconds_per_volume"]["min"] / best
+
+
+def training_check(result: dict, reference: float, tolerance: float, loss_rounding: dict | None) -> dict:
+    """Agreement of a variant's first-step loss with the plain one's (``reference``), relative
+    ``tolerance`` or 4x the plain path's own fp32 rounding where that is larger."""
+    difference = abs(result["first_step_loss"] - reference)
+    allowed = tolerance * max(abs(reference), 1e-12)
+    if loss_rounding:
+        allowed = max(allowed, 4 * loss_rounding["plain_vs_float64"])
+    return {"first_step_loss_relative_difference": difference / max(abs(reference), 1e-12),
+            "first_step_loss_difference": difference, "allowed_difference": allowed,
+            "tolerance": tolerance, "float_rounding": loss_rounding, "passed": difference <= allowed}
+
+
+def score_training(record: dict, amp: bool, loss_rounding: dict | None) -> None:
+    """Adds to each training result its precision, speed-ups and first-step loss check."""
+    training = record["training"]
+    plain = training["plain"]
+    for variant, result in training.items():
+        result["precision"] = variant_precision(variant, amp)
+        if variant == "plain_default_heap":
+            result["slowdown_against_tuned_heap"] = plain["slices_per_second"] / result["slices_per_second"]
+        elif variant != "plain":
+            result["check"] = training_check(result, plain["first_step_loss"], variant_tolerance(variant, amp)["loss"], loss_rounding)
+            result["speedup_over_plain"] = result["slices_per_second"] / plain["slices_per_second"]
+            result["median_speedup_over_plain"] = plain["seconds_per_step"]["median"] / result["seconds_per_step"]["median"]
+            if "plain_default_heap" in training:
+                result["speedup_over_plain_default_heap"] = (result["slices_per_second"]
+                                                             / training["plain_default_heap"]["slices_per_second"])
+
+
+def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_rates: dict[str, float], isolate: bool,
+                    workdir: Path) -> dict:
+    """All phases of one model; returns its JSON record.
+
+    ``matmul_rates`` holds "fp32" and, when bf16 is measured, "bf16" GFLOP/s; each variant's
+    achieved rate is set against the matmul of its own precision.
+    """
+    setup = model_setup(name)
+    record, state_dict_path, rounding, loss_rounding = describe_model(name, setup, args, data, workdir)
+    # Each spec's "amp" follows its variant's precision (inference_specs, below).
     common = {"model": name, "device": str(device), "state_dict_path": str(state_dict_path),
               "batch_size": args.batch_size, "repeats": args.repeats, "seed": args.seed}
-
-    def precision(variant: str) -> str:
-        return "bf16" if args.amp or variant.endswith("_bf16") else "fp32"
-
-    def tolerance(variant: str) -> dict:
-        return TOLERANCE_AMP if precision(variant) == "bf16" else TOLERANCE_FP32
-
     # "plain_default_heap": the plain path in a process that keeps glibc's default malloc settings
     # (what a script that does not call spinseg.allocator gets); only with isolated CPU phases,
     # since the heap is set per process.
     default_heap = ["plain_default_heap"] if isolate and device.type == "cpu" else []
+
     bf16 = [BF16_VARIANTS["inference"]] if args.bf16_variants else []
-    inference_variants = ["plain", "fast"] + default_heap + bf16 + (["fast_compile"] if args.compile else [])
-    inference_specs = {
-        variant: {**common, "amp": precision(variant) == "bf16", "kind": "inference", "variant": variant, "scan_path": data["scan_paths"][0],
-                  "output_path": str(workdir / f"{name}_{variant}.npy"), "skip_background": not args.no_skip_background,
-                  "batch_size": args.inference_batch_size if variant.startswith("plain") else args.fast_batch_size,
-                  "default_heap": variant.endswith("default_heap")}
-        for variant in inference_variants
-    }
-    record["inference"] = interleaved_phases(inference_specs, "repeats", args.repeats, isolate, f"{name}: inference")
-    # The best matmul rate of each precision seen at the start or inside a phase of that precision.
-    best_matmul = {key: max([rate] + [r["matmul_gflops_in_phase"] for v, r in record["inference"].items() if precision(v) == key])
-                   for key, rate in matmul_rates.items()}
-    record["matmul_gflops_reference"] = best_matmul[precision("fast")]
-    record["matmul_gflops_reference_by_precision"] = best_matmul
-    for variant, result in record["inference"].items():
-        best = result["seconds_per_volume"]["min"]
-        result["precision"] = precision(variant)
-        result["achieved_gflops"] = result["slices_run"] * record["gflop_per_slice"] / best
-        result["fraction_of_matmul"] = result["achieved_gflops"] / best_matmul[precision(variant)]
-        result["seconds_per_slice"] = best / args.depth
-        if variant == "plain_default_heap":
-            result["slowdown_against_tuned_heap"] = best / record["inference"]["plain"]["seconds_per_volume"]["min"]
-        elif variant != "plain":
-            result["check"] = compare_inference(str(workdir / f"{name}_plain.npy"), inference_specs[variant]["output_path"],
-                                                data["scan_paths"][0], n_chunk, normalization.pad_value(), tolerance(variant)["probability"], rounding)
-            result["speedup_over_plain"] = record["inference"]["plain"]["seconds_per_volume"]["min"] / best
-            result["median_speedup_over_plain"] = record["inference"]["plain"]["seconds_per_volume"]["median"] / result["seconds_per_volume"]["median"]
-            if "plain_default_heap" in record["inference"]:
-                result["speedup_over_plain_default_heap"] = record["inference"]["plain_default_heap"]["seconds_per_volume"]["min"] / best
+    specs = inference_specs(name, args, common, data, workdir, default_heap + bf16 + (["fast_compile"] if args.compile else []))
+    record["inference"] = interleaved_phases(specs, "repeats", args.repeats, isolate, f"{name}: inference")
+    score_inference(record, specs, args, matmul_rates, rounding, setup[2].pad_value())
 
     bf16 = [BF16_VARIANTS["training"]] if args.bf16_variants else []
     training_variants = ["plain", "channels_last"] + default_heap + bf16 + (["channels_last_compile"] if args.compile else [])
-    training_specs = {variant: {**common, "amp": precision(variant) == "bf16", "kind": "training", "variant": variant,
-                                "scan_paths": data["scan_paths"],
-                                "mask_paths": data["mask_paths"], "default_heap": variant.endswith("default_heap")}
+    training_specs = {variant: {**common, "amp": variant_precision(variant, args.amp) == "bf16", "kind": "training",
+                                "variant": variant, "scan_paths": data["scan_paths"], "mask_paths": data["mask_paths"],
+                                "default_heap": variant.endswith("default_heap")}
                       for variant in training_variants}
     record["training"] = interleaved_phases(training_specs, "repeats", args.train_repeats, isolate, f"{name}: training")
-    for variant, result in record["training"].items():
-        result["precision"] = precision(variant)
-        if variant == "plain_default_heap":
-            result["slowdown_against_tuned_heap"] = record["training"]["plain"]["slices_per_second"] / result["slices_per_second"]
-        elif variant != "plain":
-            reference = record["training"]["plain"]["first_step_loss"]
-            difference = abs(result["first_step_loss"] - reference)
-            allowed = tolerance(variant)["loss"] * max(abs(reference), 1e-12)
-            if loss_rounding:
-                allowed = max(allowed, 4 * loss_rounding["plain_vs_float64"])
-            result["check"] = {"first_step_loss_relative_difference": difference / max(abs(reference), 1e-12),
-                               "first_step_loss_difference": difference, "allowed_difference": allowed,
-                               "tolerance": tolerance(variant)["loss"], "float_rounding": loss_rounding, "passed": difference <= allowed}
-            result["speedup_over_plain"] = result["slices_per_second"] / record["training"]["plain"]["slices_per_second"]
-            result["median_speedup_over_plain"] = (record["training"]["plain"]["seconds_per_step"]["median"]
-                                                   / result["seconds_per_step"]["median"])
-            if "plain_default_heap" in record["training"]:
-                result["speedup_over_plain_default_heap"] = (result["slices_per_second"]
-                                                             / record["training"]["plain_default_heap"]["slices_per_second"])
+    score_training(record, args.amp, loss_rounding)
     return record
 
 
