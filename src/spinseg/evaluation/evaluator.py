@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,16 +53,21 @@ def save_prediction_nifti(probabilities_mask: np.ndarray, path: Path, reference:
         nibabel.save(nibabel.Nifti1Image(probabilities_mask.astype(np.uint8), affine), str(temporary))
 
 
-def evaluate(config: EvaluateConfig) -> dict:
-    """Evaluates a checkpoint on a list of volumes; prints and writes Table 2/3 rows and the report.
-
-    Returns {"table2": {...}, "table3": {...} | None, "records": [...], "output_path": str}.
-    """
+def check_evaluate_flags(config: EvaluateConfig) -> None:
+    """Refuses unknown metric groups and a missing checkpoint, before any work."""
     unknown = sorted(set(config.metrics) - set(KNOWN_METRIC_GROUPS))
     if unknown:
         raise UserInputError(f"--metrics: unknown group(s) {', '.join(unknown)}; choose from {', '.join(KNOWN_METRIC_GROUPS)}")
     if not config.restore_path:
         raise UserInputError("--restore_path: give the checkpoint to evaluate")
+
+
+def evaluate(config: EvaluateConfig) -> dict:
+    """Evaluates a checkpoint on a list of volumes; prints and writes Table 2/3 rows and the report.
+
+    Returns {"table2": {...}, "table3": {...} | None, "records": [...], "output_path": str}.
+    """
+    check_evaluate_flags(config)
     device = select_device(config.device)
     if config.n_thread > 0:
         torch.set_num_threads(config.n_thread)
@@ -81,49 +87,59 @@ def evaluate(config: EvaluateConfig) -> dict:
     if not config.plain_inference:
         model = prepare_inference_model(model)
 
-    records, montages, small_gts, small_preds = [], {}, [], []
     started = time.time()
+    outcome = VolumeOutcomes()
     from tqdm import tqdm
 
     for index, (scan_path, ground_truth_path) in enumerate(tqdm(list(zip(scan_paths, ground_truth_paths)), desc="evaluate")):
-        scan, ground_truth = load_volume(scan_path), load_volume(ground_truth_path)
-        check_same_shape(scan, scan_path, ground_truth, ground_truth_path)
-        ground_truth = np.asarray(ground_truth) > 0
-        probabilities = volume_probabilities(model, scan, config, normalization, device)
-        prediction = probabilities > 0.5
-        subject = subject_id_from_path(scan_path)
-        record = reporting.subject_record(subject, ground_truth, prediction, config.voxel_volume_ml)
-        records.append(record)
-        if small_lesion_slices is not None:
-            slices = small_lesion_slices[index]
-            small_gts.append(ground_truth[..., slices])
-            small_preds.append(prediction[..., slices])
-        if config.do_visualize_predictions:
-            scan_array = np.asarray(scan)
-            for slice_index in np.flatnonzero((ground_truth | prediction).reshape(-1, scan.shape[-1]).any(axis=0)):
-                save_slice_panel(
-                    scan_array[..., slice_index], ground_truth[..., slice_index], prediction[..., slice_index],
-                    output / "visualizations" / subject / f"{subject}_slice{slice_index:03d}.png",
-                    title=f"{subject} slice {slice_index}",
-                )
-        if config.save_prediction_nifti:
-            save_prediction_nifti(prediction, output / "predictions" / f"{subject}_lesion_mask.nii.gz", config.reference_nifti)
-        # Montages are drawn for every subject while its volume is at hand; the report links the worst five.
-        montages[subject] = save_overlay_montage(
-            np.asarray(scan), prediction, output / "montages" / f"{subject}.png", ground_truth, title=subject
-        )
+        slices = small_lesion_slices[index] if small_lesion_slices is not None else None
+        evaluate_volume(config, model, normalization, device, scan_path, ground_truth_path, slices, output, outcome)
     seconds = time.time() - started
+    return report_evaluation(config, outcome, small_lesion_slices is not None, seconds, output, method)
 
-    table2 = reporting.release_row_from_records(records)
+
+@dataclass
+class VolumeOutcomes:
+    """What the evaluation of each volume leaves for the report."""
+
+    records: list[dict] = field(default_factory=list)  # reporting.subject_record per subject
+    montages: dict[str, Path] = field(default_factory=dict)  # {subject: overlay montage}
+    small_lesion_truths: list[np.ndarray] = field(default_factory=list)  # (H, W, S) per subject, given slices only
+    small_lesion_predictions: list[np.ndarray] = field(default_factory=list)
+
+
+def evaluate_volume(config: EvaluateConfig, model, normalization, device, scan_path: str, ground_truth_path: str,
+                    small_lesion_slices: np.ndarray | None, output: Path, outcome: VolumeOutcomes) -> None:
+    """Predicts one (H, W, D) volume, scores it, draws its figures and adds all that to ``outcome``."""
+    scan, ground_truth = load_volume(scan_path), load_volume(ground_truth_path)
+    check_same_shape(scan, scan_path, ground_truth, ground_truth_path)
+    ground_truth = np.asarray(ground_truth) > 0
+    probabilities = volume_probabilities(model, scan, config, normalization, device)
+    prediction = probabilities > 0.5
+    subject = subject_id_from_path(scan_path)
+    outcome.records.append(reporting.subject_record(subject, ground_truth, prediction, config.voxel_volume_ml))
     if small_lesion_slices is not None:
-        table3 = pooled_release_metrics(small_gts, small_preds) if small_gts else None
-    else:
-        table3 = reporting.small_lesion_row_from_records(records)
-    worst = {record["subject_id"]: montages[record["subject_id"]] for record in reporting.worst_subjects(records)}
-    for subject, path in montages.items():
-        if subject not in worst:
-            Path(path).unlink(missing_ok=True)
+        outcome.small_lesion_truths.append(ground_truth[..., small_lesion_slices])
+        outcome.small_lesion_predictions.append(prediction[..., small_lesion_slices])
+    if config.do_visualize_predictions:
+        scan_array = np.asarray(scan)
+        for slice_index in np.flatnonzero((ground_truth | prediction).reshape(-1, scan.shape[-1]).any(axis=0)):
+            save_slice_panel(
+                scan_array[..., slice_index], ground_truth[..., slice_index], prediction[..., slice_index],
+                output / "visualizations" / subject / f"{subject}_slice{slice_index:03d}.png",
+                title=f"{subject} slice {slice_index}",
+            )
+    if config.save_prediction_nifti:
+        save_prediction_nifti(prediction, output / "predictions" / f"{subject}_lesion_mask.nii.gz", config.reference_nifti)
+    # Montages are drawn for every subject while its volume is at hand; the report links the worst five.
+    outcome.montages[subject] = save_overlay_montage(
+        np.asarray(scan), prediction, output / "montages" / f"{subject}.png", ground_truth, title=subject
+    )
 
+
+def results_text(config: EvaluateConfig, records: list[dict], table2: dict, table3: dict | None, seconds: float,
+                 method: str) -> str:
+    """The printed summary (results.txt): timing, Table 2, Table 3 and the chosen metric groups."""
     lines = [f"{len(records)} subjects, {seconds:.1f} s ({seconds / max(len(records), 1):.1f} s per volume)", ""]
     lines += ["Table 2 (per-subject 3-D metrics, mean over subjects):", reporting.format_table2_header(),
               reporting.format_table2_row(method, table2), ""]
@@ -138,7 +154,25 @@ def evaluate(config: EvaluateConfig) -> dict:
     if "size" in config.metrics:
         lines += ["Detection by lesion size (3-D lesions, 26-connected, pooled):",
                   reporting.format_size_table(reporting.size_table(records)), ""]
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def report_evaluation(config: EvaluateConfig, outcome: VolumeOutcomes, slices_given: bool, seconds: float,
+                      output: Path, method: str) -> dict:
+    """Tables 2 and 3 from the outcomes; keeps the worst subjects' montages; prints and writes
+    results.txt, per_subject.json and the report. ``slices_given``: Table 3 pools the given slices."""
+    records = outcome.records
+    table2 = reporting.release_row_from_records(records)
+    if slices_given:
+        table3 = pooled_release_metrics(outcome.small_lesion_truths, outcome.small_lesion_predictions) if outcome.small_lesion_truths else None
+    else:
+        table3 = reporting.small_lesion_row_from_records(records)
+    worst = {record["subject_id"]: outcome.montages[record["subject_id"]] for record in reporting.worst_subjects(records)}
+    for subject, path in outcome.montages.items():
+        if subject not in worst:
+            Path(path).unlink(missing_ok=True)
+
+    text = results_text(config, records, table2, table3, seconds, method)
     print(text, flush=True)
     write_text(output / "results.txt", text + "\n")
     write_json(output / "per_subject.json", records)
