@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_python, subprocess_environment
 from spinseg.acceleration.allocator import tune_glibc_malloc
 from spinseg.experiments.benchmark import TOLERANCE_AMP, PeakMemory, importable_models, matmul_gflops, write_synthetic_volumes
 from spinseg.recipes.config import TrainConfig
@@ -26,11 +25,8 @@ def quick_run(tmp_path_factory):
     ``--bf16 yes`` adds the bf16-autocast variants on any CPU (emulated where it has no bf16 units).
     """
     output = tmp_path_factory.mktemp("benchmark") / "benchmark.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "spinseg.benchmark", "--quick", "--models", "spin", "--isolate", "yes", "--bf16", "yes",
-         "--output_json", str(output)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )
+    completed = run_python(["-m", "spinseg.benchmark", "--quick", "--models", "spin", "--isolate", "yes", "--bf16", "yes",
+                            "--output_json", str(output)], cwd=ROOT, timeout=600)
     return completed, json.loads(output.read_text()) if output.is_file() else None
 
 
@@ -89,7 +85,7 @@ def test_gpu_script_parses_and_its_python_path_runs_on_cpu(tmp_path):
         assert subprocess.run(["bash", "-n", script], cwd=ROOT).returncode == 0, script
     completed = subprocess.run(
         ["bash", "bash/benchmark_gpu.sh", "--device", "cpu", "--quick", "--models", "spin"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OUT": str(tmp_path)},
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=subprocess_environment(OUT=str(tmp_path)),
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((tmp_path / "benchmark_gpu.json").read_text())

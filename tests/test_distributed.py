@@ -1,16 +1,14 @@
 """Two-process DDP training on the CPU (gloo): the trainer runs under torchrun and ranks stay in step."""
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import SMALL_SPIN_CONFIG, write_volume_set
+from conftest import SMALL_SPIN_CONFIG, run_python, subprocess_environment, write_volume_set
 
 TESTS = Path(__file__).parent
 N_STEPS = 4
@@ -25,11 +23,11 @@ def free_port() -> int:
 
 def torchrun(arguments: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     """``python -m torch.distributed.run --nproc_per_node=2 ...`` on localhost, one thread per rank."""
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    environment = subprocess_environment(OMP_NUM_THREADS="1")
     for _ in range(2):  # the free port may be taken by another process between probe and use: retry once
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+        command = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
                    "--master_addr=127.0.0.1", f"--master_port={free_port()}", *arguments]
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
+        completed = run_python(command, timeout=timeout, environment=environment)
         if completed.returncode == 0 or "address already in use" not in completed.stderr.lower():
             break
     return completed

@@ -11,9 +11,7 @@ The networks are too slow on a shared CPU to run on full 197x233x189 volumes in 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -23,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from nibabel.processing import resample_from_to
 
+from conftest import run_python
 from spinseg.inference import scan as predict
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -300,9 +299,7 @@ def write_bad_scans(folder: Path) -> dict[str, str]:
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
     """Runs ``python -m spinseg.predict`` in a fresh interpreter."""
-    environment = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run([sys.executable, "-m", "spinseg.predict", *arguments], capture_output=True, text=True,
-                          timeout=120, env=environment, cwd=REPO)
+    return run_python(["-m", "spinseg.predict", *arguments], cwd=REPO)
 
 
 def test_bad_scans_give_one_line_each_exit_2_and_no_outputs(tmp_path):
