@@ -30,6 +30,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -680,6 +681,67 @@ def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_ra
     return record
 
 
+def benchmark_header(args, device: torch.device, isolate: bool) -> tuple[dict[str, Any], dict[str, float]]:
+    """The results' description of the run (machine, settings) and the matmul rates the phases are
+    set against: ({...}, {"fp32": GFLOP/s, "bf16": GFLOP/s when bf16 is measured})."""
+    from spinseg.training.runtime import native_bf16
+
+    results: dict[str, Any] = {"machine": machine_description(device), "device": str(device), "amp": args.amp,
+                               "bf16_variants": args.bf16_variants, "native_bf16": native_bf16(device),
+                               "shape": [args.height, args.width, args.depth], "isolated_phases": isolate,
+                               "arguments": {k: v for k, v in vars(args).items() if k not in ("phase", "checkpoints")}}
+    print(f"measuring the fp32 matmul rate on {device} ...", flush=True)
+    results["matmul_gflops"] = matmul_gflops(device)
+    matmul_rates = {"fp32": results["matmul_gflops"]}
+    if args.amp or args.bf16_variants:
+        results["matmul_gflops_bf16"] = matmul_rates["bf16"] = matmul_gflops(device, torch.bfloat16)
+    # Fractions compare like with like: bf16 phases against the bf16 matmul rate.
+    return results, matmul_rates
+
+
+def benchmark_data_loading(args, device: torch.device, data: dict, isolate: bool) -> list[dict]:
+    """The data phase with 0 workers and with ``--n_workers``."""
+    results = []
+    n_samples = 16 if args.quick else 96
+    for n_workers in sorted({0, args.n_workers}):
+        spec = {"kind": "data", "device": str(device), "scan_paths": data["scan_paths"], "mask_paths": data["mask_paths"],
+                "seed": args.seed, "batch_size": args.batch_size, "n_workers": n_workers, "n_samples": n_samples,
+                "augmentation_probability": 1.0}
+        print(f"data loading with {n_workers} workers ...", flush=True)
+        results.append(run_phase(spec, isolate))
+    return results
+
+
+def run_benchmark(args, device: torch.device, names: list[str], skipped_models: dict[str, str], isolate: bool) -> dict:
+    """Every phase of every model in ``names``, then data loading, on synthetic volumes in a temporary
+    folder; returns the JSON-ready results with "passed" (every check passed, no model failed).
+
+    ``args``: the parsed command line (``spinseg.cli.benchmark``) with ``checkpoints`` and
+    ``bf16_variants`` resolved. After each model the results so far go to ``--output_json``.
+    """
+    results, matmul_rates = benchmark_header(args, device, isolate)
+    with tempfile.TemporaryDirectory(prefix="spinseg-benchmark-") as directory:
+        workdir = Path(directory)
+        scan_paths, mask_paths = write_synthetic_volumes(workdir, args.volumes, (args.height, args.width, args.depth), args.seed)
+        data = {"scan_paths": scan_paths, "mask_paths": mask_paths}
+        results["models"], results["skipped_models"], results["failed_models"] = [], skipped_models, {}
+        for name in names:
+            print(f"benchmarking {name} ...", flush=True)
+            try:
+                results["models"].append(benchmark_model(name, args, device, data, matmul_rates, isolate, workdir))
+                write_results(args.output_json, {**results, "partial": True})  # a run cut short keeps what it measured
+            except Exception as error:  # one broken model must not hide the others' figures, but fails the run
+                results["failed_models"][name] = f"{type(error).__name__}: {str(error)[-1500:]}"
+                print(f"  {name} FAILED: {results['failed_models'][name]}", flush=True)
+        results["data_loading"] = benchmark_data_loading(args, device, data, isolate)
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
+
+    checks = [v["check"] for record in results["models"] for group in ("inference", "training")
+              for v in record[group].values() if "check" in v]
+    results["passed"] = bool(results["models"]) and not results["failed_models"] and all(check["passed"] for check in checks)
+    return results
+
+
 def interleaved_phases(specs: dict[str, dict], repeats_key: str, repeats: int, isolate: bool, label: str) -> dict[str, dict]:
     """Runs each variant's phase ``repeats`` times, alternating variants (A B A B ...), and merges.
 
@@ -710,6 +772,61 @@ def interleaved_phases(specs: dict[str, dict], repeats_key: str, repeats: int, i
     return merged
 
 
+def format_model_lines(record: dict) -> list[str]:
+    """One model's summary row, then its notes: compile variants, failed checks, bf16 and default-heap variants."""
+    lines = []
+    inference, training = record["inference"], record["training"]
+    plain, fast = inference["plain"], inference["fast"]
+    train_plain, train_opt = training["plain"], training["channels_last"]
+    checks = [v["check"] for v in list(inference.values()) + list(training.values()) if "check" in v]
+    status = "PASS" if all(c["passed"] for c in checks) else "FAIL"
+    lines.append(
+        f"{record['model']:8} {record['parameters']:>10,} {record['gflop_per_slice']:>8.2f} | "
+        f"{plain['seconds_per_volume']['min']:>8.2f} ({plain['seconds_per_volume']['median']:>6.2f}) "
+        f"{fast['seconds_per_volume']['min']:>10.2f} {fast['speedup_over_plain']:>5.2f} {fast['achieved_gflops']:>8.1f} "
+        f"{100 * fast['fraction_of_matmul']:>4.0f} {fast['slices_skipped']:>4} | "
+        f"{train_plain['slices_per_second']:>16.2f} {train_opt['slices_per_second']:>8.2f} {train_opt['speedup_over_plain']:>5.2f} | "
+        f"{plain['peak_memory_mb']:>7.0f}/{fast['peak_memory_mb']:<7.0f} {train_plain['peak_memory_mb']:>5.0f}/{train_opt['peak_memory_mb']:<5.0f} | "
+        f"{status} max|dp|={fast['check']['max_abs_difference']:.1e}"
+    )
+    for variant, values in list(inference.items()) + list(training.items()):
+        if "compile" in variant:
+            value = values["seconds_per_volume"]["min"] if "seconds_per_volume" in values else values["slices_per_second"]
+            lines.append(f"{'':8} {variant}: {value:.2f} ({'s/vol' if 'seconds_per_volume' in values else 'sl/s'}), "
+                         f"x{values['speedup_over_plain']:.2f}, compile+warm-up "
+                         f"{values.get('prepare_and_warmup_seconds', values.get('warmup_seconds', 0)):.0f} s")
+    for group in ("inference", "training"):
+        for variant, values in record[group].items():
+            check = values.get("check")
+            if check and not check["passed"]:
+                if "first_step_loss_difference" in check:
+                    detail = (f"first-step loss differs by {check['first_step_loss_difference']:.2e} "
+                              f"(allowed {check['allowed_difference']:.2e})")
+                else:
+                    detail = (f"max abs difference {check['max_abs_difference']:.2e} (allowed {check['allowed_difference']:.2e}), "
+                              f"{check['mask_voxels_different_on_skipped_slices']} mask voxels differ on skipped slices")
+                lines.append(f"{'':8} FAIL {group} {variant}: {detail}")
+    if BF16_VARIANTS["inference"] in inference:
+        bf16_inference, bf16_training = inference[BF16_VARIANTS["inference"]], training[BF16_VARIANTS["training"]]
+        lines.append(f"{'':8} optimised + bf16 autocast: {bf16_inference['seconds_per_volume']['min']:.2f} s/vol "
+                     f"(x{bf16_inference['speedup_over_plain']:.2f}, {bf16_inference['achieved_gflops']:.0f} GFLOP/s, "
+                     f"{100 * bf16_inference['fraction_of_matmul']:.0f}% of bf16 matmul, peak {bf16_inference['peak_memory_mb']:.0f} MB, "
+                     f"max|dp|={bf16_inference['check']['max_abs_difference']:.1e}, "
+                     f"{bf16_inference['check']['mask_voxels_different']} of {bf16_inference['check']['plain_mask_voxels']} "
+                     f"mask voxels differ, Dice {bf16_inference['check']['mask_dice']:.3f}), "
+                     f"training {bf16_training['slices_per_second']:.2f} sl/s (x{bf16_training['speedup_over_plain']:.2f}, "
+                     f"peak {bf16_training['peak_memory_mb']:.0f} MB, first-step loss "
+                     f"{100 * bf16_training['check']['first_step_loss_relative_difference']:.2f}% off)")
+    if "plain_default_heap" in inference:
+        heap_inference, heap_training = inference["plain_default_heap"], training["plain_default_heap"]
+        lines.append(f"{'':8} plain with glibc's default heap: {heap_inference['seconds_per_volume']['min']:.2f} s/vol "
+                     f"(optimised x{fast['speedup_over_plain_default_heap']:.2f}), "
+                     f"{heap_training['slices_per_second']:.2f} training sl/s (optimised x{train_opt['speedup_over_plain_default_heap']:.2f})")
+    if fast["skip_disabled"]:
+        lines.append(f"{'':8} skipping disabled: {fast['skip_disabled']}")
+    return lines
+
+
 def format_table(results: dict) -> str:
     """The human-readable summary printed at the end."""
     lines = [
@@ -724,55 +841,7 @@ def format_table(results: dict) -> str:
         f" | {'train plain sl/s':>16} {'opt sl/s':>8} {'x':>5} | {'peak MB inf p/f':>15} {'train p/o':>11} | check",
     ]
     for record in results["models"]:
-        inference, training = record["inference"], record["training"]
-        plain, fast = inference["plain"], inference["fast"]
-        train_plain, train_opt = training["plain"], training["channels_last"]
-        checks = [v["check"] for v in list(inference.values()) + list(training.values()) if "check" in v]
-        status = "PASS" if all(c["passed"] for c in checks) else "FAIL"
-        lines.append(
-            f"{record['model']:8} {record['parameters']:>10,} {record['gflop_per_slice']:>8.2f} | "
-            f"{plain['seconds_per_volume']['min']:>8.2f} ({plain['seconds_per_volume']['median']:>6.2f}) "
-            f"{fast['seconds_per_volume']['min']:>10.2f} {fast['speedup_over_plain']:>5.2f} {fast['achieved_gflops']:>8.1f} "
-            f"{100 * fast['fraction_of_matmul']:>4.0f} {fast['slices_skipped']:>4} | "
-            f"{train_plain['slices_per_second']:>16.2f} {train_opt['slices_per_second']:>8.2f} {train_opt['speedup_over_plain']:>5.2f} | "
-            f"{plain['peak_memory_mb']:>7.0f}/{fast['peak_memory_mb']:<7.0f} {train_plain['peak_memory_mb']:>5.0f}/{train_opt['peak_memory_mb']:<5.0f} | "
-            f"{status} max|dp|={fast['check']['max_abs_difference']:.1e}"
-        )
-        for variant, values in list(inference.items()) + list(training.items()):
-            if "compile" in variant:
-                value = values["seconds_per_volume"]["min"] if "seconds_per_volume" in values else values["slices_per_second"]
-                lines.append(f"{'':8} {variant}: {value:.2f} ({'s/vol' if 'seconds_per_volume' in values else 'sl/s'}), "
-                             f"x{values['speedup_over_plain']:.2f}, compile+warm-up "
-                             f"{values.get('prepare_and_warmup_seconds', values.get('warmup_seconds', 0)):.0f} s")
-        for group in ("inference", "training"):
-            for variant, values in record[group].items():
-                check = values.get("check")
-                if check and not check["passed"]:
-                    if "first_step_loss_difference" in check:
-                        detail = (f"first-step loss differs by {check['first_step_loss_difference']:.2e} "
-                                  f"(allowed {check['allowed_difference']:.2e})")
-                    else:
-                        detail = (f"max abs difference {check['max_abs_difference']:.2e} (allowed {check['allowed_difference']:.2e}), "
-                                  f"{check['mask_voxels_different_on_skipped_slices']} mask voxels differ on skipped slices")
-                    lines.append(f"{'':8} FAIL {group} {variant}: {detail}")
-        if BF16_VARIANTS["inference"] in inference:
-            bf16_inference, bf16_training = inference[BF16_VARIANTS["inference"]], training[BF16_VARIANTS["training"]]
-            lines.append(f"{'':8} optimised + bf16 autocast: {bf16_inference['seconds_per_volume']['min']:.2f} s/vol "
-                         f"(x{bf16_inference['speedup_over_plain']:.2f}, {bf16_inference['achieved_gflops']:.0f} GFLOP/s, "
-                         f"{100 * bf16_inference['fraction_of_matmul']:.0f}% of bf16 matmul, peak {bf16_inference['peak_memory_mb']:.0f} MB, "
-                         f"max|dp|={bf16_inference['check']['max_abs_difference']:.1e}, "
-                         f"{bf16_inference['check']['mask_voxels_different']} of {bf16_inference['check']['plain_mask_voxels']} "
-                         f"mask voxels differ, Dice {bf16_inference['check']['mask_dice']:.3f}), "
-                         f"training {bf16_training['slices_per_second']:.2f} sl/s (x{bf16_training['speedup_over_plain']:.2f}, "
-                         f"peak {bf16_training['peak_memory_mb']:.0f} MB, first-step loss "
-                         f"{100 * bf16_training['check']['first_step_loss_relative_difference']:.2f}% off)")
-        if "plain_default_heap" in inference:
-            heap_inference, heap_training = inference["plain_default_heap"], training["plain_default_heap"]
-            lines.append(f"{'':8} plain with glibc's default heap: {heap_inference['seconds_per_volume']['min']:.2f} s/vol "
-                         f"(optimised x{fast['speedup_over_plain_default_heap']:.2f}), "
-                         f"{heap_training['slices_per_second']:.2f} training sl/s (optimised x{train_opt['speedup_over_plain_default_heap']:.2f})")
-        if fast["skip_disabled"]:
-            lines.append(f"{'':8} skipping disabled: {fast['skip_disabled']}")
+        lines += format_model_lines(record)
     for name, reason in results["skipped_models"].items():
         lines.append(f"{name:8} skipped (does not import): {reason}")
     for name, reason in results["failed_models"].items():
