@@ -63,8 +63,8 @@ def test_trainer_runs_under_torchrun_with_two_cpu_processes(volume_lists, rank_w
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert "2 process(es)" in completed.stdout
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / f"model-{N_STEPS:08d}.pth", map_location="cpu", weights_only=True)
-    # The trainer saves rank 0 only; the helper reproduces its steps, so rank 0's weights must match
-    # (if the trainer's loop changes, tests/ddp_rank_weights.py must follow it).
+    # The trainer saves rank 0 only; the helper runs the trainer's own build and epochs and saves
+    # every rank, so rank 0's weights must match what the trainer saved.
     helper_rank0 = torch.load(rank_weights / "rank0.pt", weights_only=True)
     saved = checkpoint["model_state_dict"]
     parameters = [name for name in helper_rank0 if "running_" not in name and "num_batches" not in name]
