@@ -114,6 +114,45 @@ def assert_finite_gradients(model: torch.nn.Module) -> None:
             assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"
 
 
+# The fixture SPiN in the release's checkpoint format (small config: SMALL_SPIN_CONFIG).
+SMALL_SPIN_RELEASE_CHECKPOINT = str(TESTS / "fixtures" / "spin_small_original_format.pth")
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic NIfTI brains on MNI-like grids (predict and score tests).
+# ----------------------------------------------------------------------------------------------
+
+LESION_CENTRE_MM = np.array([-30.0, -20.0, 10.0])  # left hemisphere, deep white matter
+LESION_RADIUS_MM = 6.0
+BRAIN, LESION = 100.0, 20.0  # raw intensities: bright tissue, dark lesion, background 0
+
+
+def world_coordinates(shape, affine) -> np.ndarray:
+    """World mm of every voxel centre: (3, X, Y, Z)."""
+    ijk = np.indices(shape).reshape(3, -1)
+    return (affine[:3, :3] @ ijk + affine[:3, 3:4]).reshape((3,) + tuple(shape))
+
+
+def coarse_template():
+    """A 4 mm ``spinseg.inference.scan.Grid`` over the MNI template's box (50, 59, 48): the pipeline
+    at a size a test can afford."""
+    from spinseg.inference import scan as predict
+
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    affine[:3, 3] = [-98.0, -134.0, -72.0]
+    return predict.Grid((50, 59, 48), affine)
+
+
+def ellipsoid_brain(shape, affine, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic skull-stripped T1 on a grid: bright noisy ellipsoid, dark lesion sphere -> (volume, lesion)."""
+    world = world_coordinates(shape, affine)
+    inside = (((world - np.array([0.0, -18.0, 15.0])[:, None, None, None]) / np.array([65.0, 85.0, 60.0])[:, None, None, None]) ** 2).sum(0) <= 1
+    lesion = ((world - LESION_CENTRE_MM[:, None, None, None]) ** 2).sum(0) <= (2 * LESION_RADIUS_MM) ** 2
+    volume = np.where(inside, BRAIN, 0.0) + np.random.default_rng(seed).normal(0, 3, shape) * inside
+    volume[lesion] = LESION
+    return volume.astype(np.float32), lesion
+
+
 # ----------------------------------------------------------------------------------------------
 # A short deterministic CPU training run (resume and determinism tests).
 # ----------------------------------------------------------------------------------------------
