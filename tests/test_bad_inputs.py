@@ -7,7 +7,6 @@ of ``setup/setup_dataset_atlas.py``), so the documented messages are the ones us
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -20,36 +19,12 @@ import pytest
 import torch
 
 TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))  # for `helpers` when run as a script
+sys.path.insert(0, str(TESTS))  # for `conftest` when run as a script
 
-from helpers import SMALL_SPIN_CONFIG, write_volume_set  # noqa: E402
+from conftest import SMALL_SPIN_CONFIG, assert_one_line_error, run_python, write_volume_set  # noqa: E402
 
 RELEASE_CHECKPOINT = TESTS / "fixtures" / "spin_small_original_format.pth"
 SHAPE = (24, 28, 10)
-
-
-def subprocess_environment() -> dict:
-    """Environment in which ``python -m spinseg...`` runs the same spinseg as this process imports."""
-    import spinseg
-
-    source = str(Path(spinseg.__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
-
-
-def run_cli(arguments: list[str], cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Runs ``python <arguments>`` and captures its output as text."""
-    return subprocess.run([sys.executable, *arguments], capture_output=True, text=True, cwd=cwd,
-                          env=subprocess_environment(), timeout=timeout)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess) -> str:
-    """Exit code 2, exactly one non-empty stderr line, no traceback; returns that line."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def without_overridden(flag_and_value: list[str], extra: tuple[str, ...]) -> list[str]:
@@ -340,7 +315,7 @@ def run_cases(root: Path, cases: list[Case]) -> dict[str, tuple[list[str], subpr
     workspace = Workspace(root)
     commands = {case.name: case.command(workspace) for case in cases}
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = dict(zip(commands, pool.map(run_cli, commands.values())))
+        results = dict(zip(commands, pool.map(run_python, commands.values())))
     return {name: (commands[name], results[name]) for name in commands}
 
 
@@ -390,7 +365,7 @@ def raw_setup_cases(root: Path) -> list[tuple[str, str, int, str]]:
 
     import nibabel
 
-    from test_setup_atlas import BAD, BREAKERS, _handmade_tree
+    from conftest import BAD, BREAKERS, write_raw_atlas_tree
 
     def empty_folder(folder: Path) -> Path:
         for path in folder.iterdir():
@@ -409,11 +384,11 @@ def raw_setup_cases(root: Path) -> list[tuple[str, str, int, str]]:
     rows = []
     for index, (name, breaker) in enumerate(breakers.items()):
         case_root = root / f"raw{index}"
-        raw = _handmade_tree(case_root)
+        raw = write_raw_atlas_tree(case_root)
         breaker(raw / "c0004" / BAD)
         arguments = ["setup/setup_dataset_atlas.py", "--atlas_dir", str(raw), "--output_dir", str(case_root / "spin"),
                      "--data_split_dir", str(case_root / "split"), "--lists_dir", str(case_root / "lists")]
-        result = run_cli(arguments, cwd=TESTS.parent)
+        result = run_python(arguments, cwd=TESTS.parent)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         message = lines[-1] if lines else "(no message: converted; setup binarises each mask as value > 0)"
         message = message.replace(str(case_root), "$DIR")

@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import json
-import os
+import math
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_python, subprocess_environment
 from spinseg.acceleration.allocator import tune_glibc_malloc
 from spinseg.experiments.benchmark import TOLERANCE_AMP, PeakMemory, importable_models, matmul_gflops, write_synthetic_volumes
+from spinseg.recipes.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,11 +26,8 @@ def quick_run(tmp_path_factory):
     ``--bf16 yes`` adds the bf16-autocast variants on any CPU (emulated where it has no bf16 units).
     """
     output = tmp_path_factory.mktemp("benchmark") / "benchmark.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "spinseg.benchmark", "--quick", "--models", "spin", "--isolate", "yes", "--bf16", "yes",
-         "--output_json", str(output)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )
+    completed = run_python(["-m", "spinseg.benchmark", "--quick", "--models", "spin", "--isolate", "yes", "--bf16", "yes",
+                            "--output_json", str(output)], cwd=ROOT, timeout=600)
     return completed, json.loads(output.read_text()) if output.is_file() else None
 
 
@@ -88,7 +86,7 @@ def test_gpu_script_parses_and_its_python_path_runs_on_cpu(tmp_path):
         assert subprocess.run(["bash", "-n", script], cwd=ROOT).returncode == 0, script
     completed = subprocess.run(
         ["bash", "bash/benchmark_gpu.sh", "--device", "cpu", "--quick", "--models", "spin"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OUT": str(tmp_path)},
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=subprocess_environment(OUT=str(tmp_path)),
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((tmp_path / "benchmark_gpu.json").read_text())
@@ -135,3 +133,37 @@ def test_inference_comparison_counts_mask_differences_and_dice(tmp_path):
     assert check["mask_voxels_different"] == 2 and check["plain_mask_voxels"] == 4
     assert check["mask_dice"] == pytest.approx(2 * 3 / 8)
     assert check["max_abs_difference"] == pytest.approx(0.7) and not check["passed"]
+
+
+def test_training_phase_times_the_trainers_own_step_with_the_models_recipe(tmp_path, monkeypatch):
+    """The training phase calls ``spinseg.training.trainer.training_step`` with the recipe's optimiser and loss weight.
+
+    KiU-Net's recipe starts at learning rate 1e-3, so a phase with a rate of its own would show here.
+    """
+    from spinseg.experiments import benchmark
+    from spinseg.models import build_model
+    from spinseg.training import trainer
+
+    calls = []
+    trainer_step = trainer.training_step
+
+    def recording_step(forward_model, optimizer, images, targets, loss_function, amp):
+        group = optimizer.param_groups[0]
+        # The loss of logit 0 on a lesion pixel is the lesion weight times log 2.
+        lesion_weight = float(loss_function(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))) / math.log(2)
+        calls.append((group["lr"], group["weight_decay"], round(lesion_weight, 6), amp, images.is_contiguous(memory_format=torch.channels_last)))
+        return trainer_step(forward_model, optimizer, images, targets, loss_function, amp)
+
+    monkeypatch.setattr(trainer, "training_step", recording_step)
+    scans, masks = write_synthetic_volumes(tmp_path, 1, benchmark.QUICK_SHAPE)
+    config, _, _ = benchmark.model_setup("kiunet")
+    torch.manual_seed(0)
+    torch.save(build_model("kiunet", **config).state_dict(), tmp_path / "weights.pt")
+    spec = {"model": "kiunet", "device": "cpu", "state_dict_path": str(tmp_path / "weights.pt"), "scan_paths": scans,
+            "mask_paths": masks, "batch_size": 2, "seed": 0, "variant": "channels_last", "amp": False, "repeats": 2}
+    result = benchmark.run_training_phase(spec)
+
+    recipe = benchmark.recipe_train_config("kiunet")
+    assert recipe.learning_rates[0] != TrainConfig().learning_rates[0]
+    assert calls == [(recipe.learning_rates[0], recipe.w_weight_decay, recipe.w_positive_class, False, True)] * 3
+    assert len(result["seconds_per_step"]["all"]) == 2 and np.isfinite(result["first_step_loss"])

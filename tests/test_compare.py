@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from helpers import write_volume_set
+from conftest import write_volume_set
 from spinseg.experiments.compare import compare, comparison_markdown
 from spinseg.errors import UserInputError
 from spinseg.recipes.named import RECIPES, recipe, train_defaults

@@ -7,15 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from spinseg.models.checkpoint import read_checkpoint
-from test_resume import assert_same_tensors, make_data, subprocess_environment, training_command
+from conftest import assert_same_tensors, subprocess_environment, training_command, write_training_data
 
 STEPS = 6
 
 
 @pytest.mark.slow
 def test_two_seeded_deterministic_runs_are_bit_identical(tmp_path):
-    data = make_data(tmp_path / "data")
-    commands = [training_command(data, tmp_path / name, "--max_steps", str(STEPS)) for name in ("first", "second")]
+    data = write_training_data(tmp_path / "data")
+    commands = [training_command(data, tmp_path / name, max_steps=STEPS) for name in ("first", "second")]
     # Both at once: same machine and thread settings (--n_thread 1), so concurrency cannot change the numbers.
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda command: subprocess.run(

@@ -1,16 +1,14 @@
 """Two-process DDP training on the CPU (gloo): the trainer runs under torchrun and ranks stay in step."""
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import SMALL_SPIN_CONFIG, write_volume_set
+from conftest import SMALL_SPIN_CONFIG, run_python, subprocess_environment, write_volume_set
 
 TESTS = Path(__file__).parent
 N_STEPS = 4
@@ -25,11 +23,11 @@ def free_port() -> int:
 
 def torchrun(arguments: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     """``python -m torch.distributed.run --nproc_per_node=2 ...`` on localhost, one thread per rank."""
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    environment = subprocess_environment(OMP_NUM_THREADS="1")
     for _ in range(2):  # the free port may be taken by another process between probe and use: retry once
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+        command = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
                    "--master_addr=127.0.0.1", f"--master_port={free_port()}", *arguments]
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
+        completed = run_python(command, timeout=timeout, environment=environment)
         if completed.returncode == 0 or "address already in use" not in completed.stderr.lower():
             break
     return completed
@@ -65,8 +63,8 @@ def test_trainer_runs_under_torchrun_with_two_cpu_processes(volume_lists, rank_w
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert "2 process(es)" in completed.stdout
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / f"model-{N_STEPS:08d}.pth", map_location="cpu", weights_only=True)
-    # The trainer saves rank 0 only; the helper reproduces its steps, so rank 0's weights must match
-    # (if the trainer's loop changes, tests/ddp_rank_weights.py must follow it).
+    # The trainer saves rank 0 only; the helper runs the trainer's own build and epochs and saves
+    # every rank, so rank 0's weights must match what the trainer saved.
     helper_rank0 = torch.load(rank_weights / "rank0.pt", weights_only=True)
     saved = checkpoint["model_state_dict"]
     parameters = [name for name in helper_rank0 if "running_" not in name and "num_batches" not in name]

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -13,6 +10,7 @@ import pytest
 import torch
 
 from spinseg.cli.download import main as download_main
+from conftest import run_python, subprocess_environment
 from spinseg.inference import pretrained as download
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -45,10 +43,9 @@ def check_config_flags() -> list[str]:
 
 def test_offline_fails_fast_with_the_manual_link(tmp_path):
     # A closed local port stands for "no network": refused at once, deterministic.
-    environment = {**os.environ, "PYTHONPATH": str(REPO / "src"), download.PROBE_HOST_VARIABLE: "127.0.0.1:1"}
+    environment = subprocess_environment(**{download.PROBE_HOST_VARIABLE: "127.0.0.1:1"})
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "spinseg.download", "--output_dir", str(tmp_path / "models")],
-                            capture_output=True, text=True, timeout=60, env=environment)
+    result = run_python(["-m", "spinseg.download", "--output_dir", str(tmp_path / "models")], timeout=60, environment=environment)
     assert time.monotonic() - started < 15
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

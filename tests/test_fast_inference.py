@@ -28,7 +28,7 @@ from spinseg.models import build_model
 from spinseg.models.blocks import Conv2dBlock, space_to_depth
 from spinseg.models.layers_extra import ConvNormActivation
 
-from helpers import SMALL_SPIN_CONFIG
+from conftest import SMALL_SPIN_CONFIG
 
 NORMALIZATION = Normalization()  # ATLAS mean/std: padding (the mean) is not background (0)
 

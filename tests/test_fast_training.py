@@ -12,7 +12,7 @@ from spinseg.acceleration.training import in_place_block_activations, prepare_tr
 from spinseg.models import build_model
 from spinseg.models.blocks import AccurateBatchNorm2d
 
-from helpers import SMALL_SPIN_CONFIG
+from conftest import SMALL_SPIN_CONFIG
 
 
 def adam_steps(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, n_steps: int = 3) -> list[float]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from raw_fixtures import GLAS_IMAGES, RITE_SHAPE, write_glas_tree, write_rite_tree
+from conftest import GLAS_IMAGES, RITE_SHAPE, run_python, write_glas_tree, write_rite_tree
 from spinseg.datasets import glas
 from spinseg.datasets import rite
 from spinseg.data.images import (
@@ -33,9 +32,7 @@ def read_list(path: Path) -> list[str]:
 
 def run_setup(script: str, *arguments: str) -> subprocess.CompletedProcess:
     """Runs a setup script as the user would, capturing its output."""
-    return subprocess.run(
-        [sys.executable, str(REPOSITORY / "setup" / script), *arguments], capture_output=True, text=True, timeout=120
-    )
+    return run_python([str(REPOSITORY / "setup" / script), *arguments], timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,11 @@ test would catch such a regression.
 """
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
-from helpers import write_volume_set
+from conftest import run_python, write_volume_set
 
 SHAPE = (64, 64, 40)
 MARGIN = 0.10
@@ -58,8 +57,7 @@ print("PEAK_RSS_KB", next(line.split()[1] for line in open("/proc/self/status") 
 
 def peak_rss_kilobytes(scans, masks, mode: str) -> int:
     """Peak RSS (KiB) of one data pass over the listed subjects, measured in a fresh process."""
-    completed = subprocess.run([sys.executable, "-c", PROBE, str(scans), str(masks), mode],
-                               capture_output=True, text=True, timeout=300)
+    completed = run_python(["-c", PROBE, str(scans), str(masks), mode], timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = [line for line in completed.stdout.splitlines() if line.startswith("PEAK_RSS_KB")][-1]
     return int(line.split()[1])

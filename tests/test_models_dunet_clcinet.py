@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spinseg.errors import UserInputError
-from helpers import assert_finite_gradients, count_parameters, documented_parameter_count
+from conftest import assert_finite_gradients, count_parameters, documented_parameter_count
 from spinseg.models import build_model
 from spinseg.models.clcinet import CLCINet
 from spinseg.models.dunet import DUNet

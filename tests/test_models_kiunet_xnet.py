@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from spinseg.errors import UserInputError
-from helpers import assert_finite_gradients, count_parameters, documented_parameter_count
+from conftest import assert_finite_gradients, count_parameters, documented_parameter_count
 from spinseg.models import build_model
 from spinseg.models.kiunet import CrossResidualFusionBlock, KiUNet
 from spinseg.models.xnet import FeatureSimilarityModule, XBlock, XNet

@@ -11,9 +11,7 @@ The networks are too slow on a shared CPU to run on full 197x233x189 volumes in 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -26,6 +24,16 @@ from nibabel.processing import resample_from_to
 from spinseg.cli import predict as predict_cli
 from spinseg.constants import ATLAS_MEAN, ATLAS_STD
 from spinseg.data.transforms import Normalization
+from conftest import (
+    BRAIN,
+    LESION,
+    LESION_CENTRE_MM,
+    LESION_RADIUS_MM,
+    coarse_template,
+    ellipsoid_brain,
+    run_python,
+    world_coordinates,
+)
 from spinseg.inference import scan as predict
 from spinseg.recipes.preprocessing import Preprocessing, PreprocessingFlags
 
@@ -34,9 +42,6 @@ SMALL_CHECKPOINT = str(FIXTURES / "spin_small_original_format.pth")
 SMALL_CONFIG = str(FIXTURES / "spin_small_config.json")
 REPO = Path(__file__).resolve().parents[1]
 ATLAS_NORMALIZATION = Normalization("standard", [ATLAS_MEAN], [ATLAS_STD])
-LESION_CENTRE_MM = np.array([-30.0, -20.0, 10.0])  # left hemisphere, deep white matter
-LESION_RADIUS_MM = 6.0
-BRAIN, LESION = 100.0, 20.0  # raw intensities: bright tissue, dark lesion, background 0
 
 
 class ThresholdModel(torch.nn.Module):
@@ -60,29 +65,6 @@ class ThresholdModel(torch.nn.Module):
         near_background = F.max_pool2d(background, 7, stride=1, padding=3) > 0
         logits = self.sharpness * (self.threshold - centre)
         return torch.where(near_background, torch.full_like(logits, -self.sharpness), logits)
-
-
-def world_coordinates(shape, affine) -> np.ndarray:
-    """World mm of every voxel centre: (3, X, Y, Z)."""
-    ijk = np.indices(shape).reshape(3, -1)
-    return (affine[:3, :3] @ ijk + affine[:3, 3:4]).reshape((3,) + tuple(shape))
-
-
-def coarse_template() -> predict.Grid:
-    """A 4 mm grid over the MNI template's box (50, 59, 48): the pipeline at a size a test can afford."""
-    affine = np.diag([4.0, 4.0, 4.0, 1.0])
-    affine[:3, 3] = [-98.0, -134.0, -72.0]
-    return predict.Grid((50, 59, 48), affine)
-
-
-def ellipsoid_brain(shape, affine, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic skull-stripped T1 on a grid: bright noisy ellipsoid, dark lesion sphere -> (volume, lesion)."""
-    world = world_coordinates(shape, affine)
-    inside = (((world - np.array([0.0, -18.0, 15.0])[:, None, None, None]) / np.array([65.0, 85.0, 60.0])[:, None, None, None]) ** 2).sum(0) <= 1
-    lesion = ((world - LESION_CENTRE_MM[:, None, None, None]) ** 2).sum(0) <= (2 * LESION_RADIUS_MM) ** 2
-    volume = np.where(inside, BRAIN, 0.0) + np.random.default_rng(seed).normal(0, 3, shape) * inside
-    volume[lesion] = LESION
-    return volume.astype(np.float32), lesion
 
 
 def reslice(image: nib.Nifti1Image, voxel_mm: float, order: int = 1, shift_mm=(0.0, 0.0, 0.0)) -> nib.Nifti1Image:
@@ -308,9 +290,7 @@ def write_bad_scans(folder: Path) -> dict[str, str]:
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
     """Runs ``python -m spinseg.predict`` in a fresh interpreter."""
-    environment = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run([sys.executable, "-m", "spinseg.predict", *arguments], capture_output=True, text=True,
-                          timeout=120, env=environment, cwd=REPO)
+    return run_python(["-m", "spinseg.predict", *arguments], cwd=REPO)
 
 
 def test_bad_scans_give_one_line_each_exit_2_and_no_outputs(tmp_path):

@@ -5,19 +5,17 @@ each has written at least one checkpoint), so a kill can land mid-step, mid-save
 """
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-import spinseg
-from helpers import SMALL_SPIN_CONFIG, write_volume_set
+from conftest import assert_same_tensors, subprocess_environment, write_training_data
+from conftest import training_command as conftest_training_command
 from spinseg.models.checkpoint import read_checkpoint
 from spinseg.training.run_folder import latest_complete_checkpoint, list_checkpoints, remove_stale_temporaries
 
@@ -25,49 +23,9 @@ PLANNED_STEPS = 12
 CHECKPOINT_EVERY = 2
 
 
-def subprocess_environment() -> dict:
-    """Environment in which ``python -m spinseg...`` runs the same spinseg as this test process."""
-    source = str(Path(spinseg.__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
-
-
 def training_command(data: Path, run: Path, *extra: str) -> list[str]:
-    """A short deterministic CPU run: 4 tiny volumes, batch 2 (2 steps per epoch), 12 steps."""
-    scans, masks = data / "scans.txt", data / "masks.txt"
-    return [
-        sys.executable, "-m", "spinseg.train",
-        "--train_multimodal_scan_paths", str(scans), "--train_ground_truth_path", str(masks),
-        "--val_multimodal_scan_paths", str(scans), "--val_ground_truth_path", str(masks),
-        "--model_config", SMALL_SPIN_CONFIG, "--n_batch", "2",
-        # The schedules change mid-run (epoch 3), so a resume has to land on the right learning rate.
-        "--learning_rates", "2e-3", "1e-3", "--learning_schedule", "3", "6",
-        "--augmentation_probabilities", "1.0", "0.5", "--augmentation_schedule", "3", "6",
-        "--deterministic", "--seed", "3", "--n_checkpoint", str(CHECKPOINT_EVERY), "--n_validation", "4",
-        "--n_summary", "5", "--max_steps", str(PLANNED_STEPS), "--n_workers", "0", "--n_thread", "1",
-        "--device", "cpu", "--checkpoint_path", str(run), *extra,
-    ]
-
-
-def make_data(directory: Path) -> Path:
-    """Four 24x28x10 volumes with one cubic lesion each."""
-    write_volume_set(directory, 4, shape=(24, 28, 10), seed=1)
-    return directory
-
-
-def assert_same_tensors(expected, found, where: str = "") -> None:
-    """torch.equal on every tensor of two nested dict/list structures (weights, optimizer state)."""
-    if isinstance(expected, torch.Tensor):
-        assert torch.equal(expected, found), f"{where} differs"
-    elif isinstance(expected, dict):
-        assert set(expected) == set(found), f"{where} keys differ"
-        for key in expected:
-            assert_same_tensors(expected[key], found[key], f"{where}/{key}")
-    elif isinstance(expected, (list, tuple)):
-        assert len(expected) == len(found), f"{where} lengths differ"
-        for index, (a, b) in enumerate(zip(expected, found)):
-            assert_same_tensors(a, b, f"{where}[{index}]")
-    else:
-        assert expected == found, f"{where}: {expected!r} != {found!r}"
+    """The shared deterministic run, :data:`PLANNED_STEPS` steps with a checkpoint every :data:`CHECKPOINT_EVERY`."""
+    return conftest_training_command(data, run, *extra, max_steps=PLANNED_STEPS, checkpoint_every=CHECKPOINT_EVERY)
 
 
 def run_and_kill(command: list[str], checkpoints: Path, rng: random.Random, timeout: float = 120.0) -> bool:
@@ -100,7 +58,7 @@ def run_and_kill(command: list[str], checkpoints: Path, rng: random.Random, time
 
 @pytest.mark.slow
 def test_resume_after_repeated_sigkill_matches_an_uninterrupted_run(tmp_path):
-    data = make_data(tmp_path / "data")
+    data = write_training_data(tmp_path / "data")
     reference = subprocess.run(training_command(data, tmp_path / "reference"), capture_output=True, text=True,
                                env=subprocess_environment(), timeout=300)
     assert reference.returncode == 0, reference.stderr[-2000:]

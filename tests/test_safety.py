@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SMALL_SPIN_CONFIG, write_volume_set
+from conftest import SMALL_SPIN_CONFIG, assert_one_line_error, run_python, write_volume_set
 from spinseg.models.checkpoint import export_safetensors, load_model, read_checkpoint, save_checkpoint
 from spinseg.recipes.config import TrainConfig
 from spinseg.training.trainer import train
 from spinseg.errors import UserInputError
 from spinseg.models import build_model
-from test_bad_inputs import assert_one_line_error, run_cli
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 SMALL_CONFIG = json.loads((FIXTURES / "spin_small_config.json").read_text())["config"]
@@ -111,7 +110,7 @@ def test_the_commands_refuse_a_code_carrying_checkpoint(tmp_path):
         ["-m", "spinseg.export", "--checkpoint", str(path), "--output", str(tmp_path / "evil.safetensors")],
     ]
     with ThreadPoolExecutor(max_workers=3) as pool:  # three start-ups at once: they mostly wait on imports
-        results = list(pool.map(run_cli, commands))
+        results = list(pool.map(run_python, commands))
     for result in results:
         line = assert_one_line_error(result)
         assert str(path) in line and "refused" in line
@@ -125,7 +124,7 @@ def test_safetensors_export_round_trip_gives_the_same_outputs(tmp_path):
     checkpoint = tmp_path / "model.pth"
     save_checkpoint(checkpoint, model, train_state={"step": 7})
     output = tmp_path / "model.safetensors"
-    result = run_cli(["-m", "spinseg.export", "--checkpoint", str(checkpoint), "--export", "safetensors", "--output", str(output)])
+    result = run_python(["-m", "spinseg.export", "--checkpoint", str(checkpoint), "--export", "safetensors", "--output", str(output)])
     assert result.returncode == 0, result.stderr
     assert output.is_file()
 

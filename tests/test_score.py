@@ -108,7 +108,9 @@ def test_label_maps_need_a_label_and_grids_must_match(tmp_path):
 def test_score_of_predict_outputs_equals_the_evaluator(tmp_path, monkeypatch):
     """Done-when: the fixture SPiN segments NIfTI scans with ``spinseg.predict``; ``spinseg score`` on those
     masks and the ground truths gives the evaluator's numbers for the same subjects (as .npy lists)."""
-    from test_predict import SMALL_CHECKPOINT, SMALL_CONFIG, coarse_template, ellipsoid_brain
+    from conftest import SMALL_SPIN_CONFIG as SMALL_CONFIG
+    from conftest import SMALL_SPIN_RELEASE_CHECKPOINT as SMALL_CHECKPOINT
+    from conftest import coarse_template, ellipsoid_brain
 
     from spinseg.recipes.config import EvaluateConfig
     from spinseg.evaluation.evaluator import evaluate

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import BAD, BREAKERS, break_nan, break_truncated, run_python, write_raw_atlas_tree
 from spinseg.datasets.atlas_raw import discover
 from spinseg.datasets.setup_atlas import make_bids_splits, setup_atlas, setup_main
 from spinseg.datasets.splits import read_split
@@ -113,10 +112,9 @@ def test_missing_subject_cli_exits_2_with_one_line_and_writes_nothing(synthetic_
     shutil.copytree(synthetic_raw / "data_split", split)
     train_file = split / "traintest/train_subjects.txt"
     train_file.write_text(train_file.read_text() + "c0010s0099t01\nc0011s0099t01\n")
-    completed = subprocess.run(
-        [sys.executable, str(REPO / "setup/setup_dataset_atlas.py"), "--atlas_dir", str(synthetic_raw),
-         "--output_dir", str(tmp_path / "spin"), "--data_split_dir", str(split), "--lists_dir", str(tmp_path / "lists")],
-        capture_output=True, text=True, timeout=60)
+    completed = run_python(
+        [str(REPO / "setup/setup_dataset_atlas.py"), "--atlas_dir", str(synthetic_raw),
+         "--output_dir", str(tmp_path / "spin"), "--data_split_dir", str(split), "--lists_dir", str(tmp_path / "lists")], timeout=60)
     assert completed.returncode == 2
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in completed.stderr
@@ -142,131 +140,6 @@ def test_allow_missing_warns_once_and_lists_present_subjects(synthetic_raw, tmp_
 # Bad inputs, on hand-made trees of tiny volumes
 
 
-def _save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, np.eye(4)), path)
-
-
-def _good_subject(root: Path, subject: str, extension: str = ".nii.gz") -> Path:
-    folder = root / subject[:5] / subject
-    rng = np.random.default_rng(0)
-    _save(folder / f"{subject}_t1w_stx{extension}", rng.random((6, 7, 5)).astype(np.float32))
-    mask = np.zeros((6, 7, 5), dtype=np.uint8)
-    mask[2:4, 2:4, 1:3] = 1
-    _save(folder / f"{subject}_LesionSmooth_stx{extension}", mask)
-    return folder
-
-
-BAD = "c0004s0002t01"
-
-
-def _break_no_t1(folder):
-    (folder / f"{BAD}_t1w_stx.nii.gz").unlink()
-    return folder
-
-
-def _break_no_mask(folder):
-    (folder / f"{BAD}_LesionSmooth_stx.nii.gz").unlink()
-    return folder
-
-
-def _break_two_t1(folder):
-    shutil.copy(folder / f"{BAD}_t1w_stx.nii.gz", folder / f"{BAD}_t1w_deface_stx.nii.gz")
-    return folder
-
-
-def _break_mask_shape(folder):
-    path = folder / f"{BAD}_LesionSmooth_1_stx.nii.gz"
-    _save(path, np.zeros((6, 7, 4), dtype=np.uint8))
-    return path
-
-
-def _break_truncated(folder):
-    path = folder / f"{BAD}_t1w_stx.nii.gz"
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    return path
-
-
-def _break_truncated_data(folder):
-    # A header that reads fine and data that end early: the error only shows when decompressing.
-    path = folder / f"{BAD}_t1w_stx.nii.gz"
-    _save(path, np.random.default_rng(1).random((40, 40, 40)).astype(np.float32))
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) - 5000])
-    return path
-
-
-def _break_text_file(folder):
-    path = folder / f"{BAD}_LesionSmooth_stx.nii.gz"
-    path.write_text("this is not an image\n")
-    return path
-
-
-def _break_plain_text_nii(folder):
-    path = folder / f"{BAD}_t1w_stx.nii.gz"
-    path.unlink()
-    path = folder / f"{BAD}_t1w_stx.nii"
-    path.write_text("not a nifti either\n" * 40)
-    return path
-
-
-def _break_two_dimensional(folder):
-    path = folder / f"{BAD}_t1w_stx.nii.gz"
-    _save(path, np.ones((6, 7), dtype=np.float32))
-    return path
-
-
-def _break_four_dimensional(folder):
-    path = folder / f"{BAD}_LesionSmooth_stx.nii.gz"
-    _save(path, np.zeros((6, 7, 5, 2), dtype=np.uint8))
-    return path
-
-
-def _break_nan(folder):
-    path = folder / f"{BAD}_t1w_stx.nii.gz"
-    volume = np.ones((6, 7, 5), dtype=np.float32)
-    volume[1, 2, 3] = np.nan
-    _save(path, volume)
-    return path
-
-
-def _break_inf_mask(folder):
-    path = folder / f"{BAD}_LesionSmooth_stx.nii.gz"
-    volume = np.zeros((6, 7, 5), dtype=np.float32)
-    volume[0, 0, 0] = np.inf
-    _save(path, volume)
-    return path
-
-
-BREAKERS = {
-    "no T1": (_break_no_t1, "no T1"),
-    "no mask": (_break_no_mask, "no lesion mask"),
-    "two T1s": (_break_two_t1, "2 T1 scans"),
-    "mask shape": (_break_mask_shape, "mask shape (6, 7, 4) != scan shape (6, 7, 5)"),
-    "truncated gzip": (_break_truncated, "unreadable"),
-    "truncated data": (_break_truncated_data, "unreadable"),
-    "text named .nii.gz": (_break_text_file, "unreadable"),
-    "text named .nii": (_break_plain_text_nii, "unreadable"),
-    "2-D": (_break_two_dimensional, "3-D"),
-    "4-D": (_break_four_dimensional, "3-D"),
-    "NaN": (_break_nan, "NaN/Inf"),
-    "Inf in mask": (_break_inf_mask, "NaN/Inf"),
-}
-
-
-def _handmade_tree(root: Path) -> Path:
-    raw = root / "raw"
-    _good_subject(raw, "c0003s0001t01")
-    _good_subject(raw, BAD)
-    _good_subject(raw, "c0005s0003t01", extension=".nii")
-    split = root / "split/traintest"
-    split.mkdir(parents=True)
-    (split / "train_subjects.txt").write_text("c0003s0001t01\nc0004s0002t01\n")
-    (split / "test_subjects.txt").write_text("c0005s0003t01\n")
-    return raw
-
-
 def _run_main(root: Path, capsys, *extra: str) -> tuple[int, str]:
     argv = ["--atlas_dir", str(root / "raw"), "--output_dir", str(root / "spin"),
             "--data_split_dir", str(root / "split"), "--lists_dir", str(root / "lists"), *extra]
@@ -278,7 +151,7 @@ def _run_main(root: Path, capsys, *extra: str) -> tuple[int, str]:
 
 
 def test_handmade_tree_converts_including_plain_nii(tmp_path, capsys):
-    _handmade_tree(tmp_path)
+    write_raw_atlas_tree(tmp_path)
     code, err = _run_main(tmp_path, capsys)
     assert code == 0 and err == ""
     assert (tmp_path / "spin/c0005/c0005s0003t01/c0005s0003t01_t1w_stx.npy").is_file()
@@ -286,7 +159,7 @@ def test_handmade_tree_converts_including_plain_nii(tmp_path, capsys):
 
 
 def test_defaced_t1_name_is_accepted(tmp_path, capsys):
-    raw = _handmade_tree(tmp_path)
+    raw = write_raw_atlas_tree(tmp_path)
     folder = raw / "c0004/c0004s0002t01"
     (folder / f"{BAD}_t1w_stx.nii.gz").rename(folder / f"{BAD}_t1w_deface_stx.nii.gz")
     code, _ = _run_main(tmp_path, capsys)
@@ -296,7 +169,7 @@ def test_defaced_t1_name_is_accepted(tmp_path, capsys):
 
 @pytest.mark.parametrize("case", list(BREAKERS))
 def test_bad_input_exits_2_naming_the_file(tmp_path, capsys, case):
-    raw = _handmade_tree(tmp_path)
+    raw = write_raw_atlas_tree(tmp_path)
     breaker, problem = BREAKERS[case]
     named = breaker(raw / "c0004" / BAD)
     code, err = _run_main(tmp_path, capsys)
@@ -314,12 +187,11 @@ def test_missing_raw_folder(tmp_path, capsys):
 
 
 def test_bad_input_cli_has_no_traceback(tmp_path):
-    raw = _handmade_tree(tmp_path)
-    named = _break_truncated(raw / "c0004" / BAD)
-    completed = subprocess.run(
-        [sys.executable, str(REPO / "setup/setup_dataset_atlas.py"), "--atlas_dir", str(raw), "--output_dir",
-         str(tmp_path / "spin"), "--data_split_dir", str(tmp_path / "split"), "--lists_dir", str(tmp_path / "lists")],
-        capture_output=True, text=True, timeout=60)
+    raw = write_raw_atlas_tree(tmp_path)
+    named = break_truncated(raw / "c0004" / BAD)
+    completed = run_python(
+        [str(REPO / "setup/setup_dataset_atlas.py"), "--atlas_dir", str(raw), "--output_dir",
+         str(tmp_path / "spin"), "--data_split_dir", str(tmp_path / "split"), "--lists_dir", str(tmp_path / "lists")], timeout=60)
     assert completed.returncode == 2 and "Traceback" not in completed.stderr
     assert completed.stderr.strip().splitlines() == [completed.stderr.strip()] and str(named) in completed.stderr
 
@@ -378,14 +250,14 @@ def test_two_workers_give_identical_outputs(synthetic_raw, converted, tmp_path):
 
 
 def test_two_workers_stop_on_a_bad_subject(tmp_path, capsys):
-    raw = _handmade_tree(tmp_path)
-    named = _break_nan(raw / "c0004" / BAD)
+    raw = write_raw_atlas_tree(tmp_path)
+    named = break_nan(raw / "c0004" / BAD)
     code, err = _run_main(tmp_path, capsys, "--n_workers", "2")
     assert code == 2 and str(named) in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "lists").exists()
 
 
 def test_n_folds_is_for_bids_only(tmp_path, capsys):
-    _handmade_tree(tmp_path)
+    write_raw_atlas_tree(tmp_path)
     code, err = _run_main(tmp_path, capsys, "--n_folds", "3")
     assert code == 2 and "--n_folds" in err and not (tmp_path / "spin").exists()

@@ -1,8 +1,6 @@
 """The small-lesion slice definition and the small-lesion setup."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.measure import label as skimage_label
 
+from conftest import run_python
 from spinseg.datasets.setup_atlas import read_slice_indices, setup_atlas, setup_small_lesion
 from spinseg.datasets.small_lesion import largest_lesion_per_slice, small_lesion_map, small_lesion_slices
 from spinseg.datasets.synthetic import write_synthetic_atlas
@@ -114,10 +113,9 @@ def test_small_lesion_setup_writes_what_the_function_gives(tiny_setup):
 
 
 def test_small_lesion_cli_missing_list_exits_2(tmp_path):
-    completed = subprocess.run(
-        [sys.executable, str(REPO / "setup/setup_dataset_atlas_small_lesion.py"), "--lists_dir", str(tmp_path),
-         "--data_dir", str(tmp_path / "spin")],
-        capture_output=True, text=True, timeout=60)
+    completed = run_python(
+        [str(REPO / "setup/setup_dataset_atlas_small_lesion.py"), "--lists_dir", str(tmp_path),
+         "--data_dir", str(tmp_path / "spin")], timeout=60)
     assert completed.returncode == 2
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and "test_ground_truths.txt" in lines[0] and "Traceback" not in completed.stderr

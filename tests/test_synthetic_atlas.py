@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import run_python
 from spinseg.constants import ATLAS_MEAN, ATLAS_STD
 from spinseg.datasets.small_lesion import small_lesion_slices
 from spinseg.datasets.splits import list_splits, read_split
@@ -163,16 +162,15 @@ def test_intensity_statistics_resemble_atlas():
 
 def test_cli_bids_layout_and_bad_flag(tmp_path):
     script = str(REPO / "setup/make_synthetic_atlas.py")
-    completed = subprocess.run(
-        [sys.executable, script, "--output_dir", str(tmp_path / "bids"), "--n_subjects", "2", "--shape", "24", "28", "24",
-         "--format", "bids"], capture_output=True, text=True, timeout=120)
+    completed = run_python(
+        [script, "--output_dir", str(tmp_path / "bids"), "--n_subjects", "2", "--shape", "24", "28", "24",
+         "--format", "bids"], timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert "sub-r001s001" in completed.stdout
     anat = "Training/R001/sub-r001s002/ses-1/anat/sub-r001s002_ses-1_space-MNI152NLin2009aSym"
     assert (tmp_path / "bids" / f"{anat}_T1w.nii.gz").is_file()
     assert (tmp_path / "bids" / f"{anat}_label-L_desc-T1lesion_mask.nii.gz").is_file()
     assert not (tmp_path / "bids" / "data_split").exists()
-    bad = subprocess.run([sys.executable, script, "--output_dir", str(tmp_path / "bad"), "--n_subjects", "0"],
-                         capture_output=True, text=True, timeout=60)
+    bad = run_python([script, "--output_dir", str(tmp_path / "bad"), "--n_subjects", "0"], timeout=60)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--n_subjects" in bad.stderr
     assert not (tmp_path / "bad").exists()

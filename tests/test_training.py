@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from helpers import SMALL_SPIN_CONFIG, write_volume_set
+from conftest import SMALL_SPIN_CONFIG, write_volume_set
 from spinseg.models.checkpoint import load_model
 from spinseg.recipes.config import TrainConfig, EvaluateConfig
 from spinseg.data.slices import SliceTrainingDataset

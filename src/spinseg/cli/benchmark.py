@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
-from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -18,17 +14,13 @@ from spinseg.experiments.benchmark import (
     PHASE_RESULT_PREFIX,
     PHASES,
     QUICK_SHAPE,
-    benchmark_model,
     format_table,
     importable_models,
-    machine_description,
-    matmul_gflops,
-    run_phase,
+    run_benchmark,
     write_results,
-    write_synthetic_volumes,
 )
 
-DESCRIPTION = "Speed and memory benchmark: ``python -m spinseg.benchmark`` (plain eager path vs the optimised one).\n\nFor every model of the registry that imports (or those given with ``--models``), on synthetic\nmemory-mapped volumes of the ATLAS shape, in one run on one machine:\n\n* parameters and forward GFLOP per slice (``torch.utils.flop_counter.FlopCounterMode``);\n* inference seconds per volume: :func:`spinseg.inference.predict_volume` (plain) against\n  :func:`spinseg.fast_inference.predict_volume_fast` (folded batch norm, channels-last, background\n  slices skipped), their achieved GFLOP/s and its fraction of a measured fp32 matmul rate;\n* training slices per second: a plain eager Adam step against a channels-last one (and\n  ``torch.compile`` with ``--compile``);\n* with ``--bf16`` (default: where the device computes bf16 in hardware, e.g. CPUs with\n  AVX512-BF16), the optimised inference and training paths once more under bf16 autocast\n  (``--amp`` of the commands), against the same fp32 plain path, checked with the bf16 tolerance\n  and their GFLOP/s set against a bf16 matmul;\n* peak memory per phase (CPU: peak RSS above the phase's start, each phase in a fresh process by\n  default; GPU: ``torch.cuda.max_memory_allocated``);\n* data loading slices per second from a ``SliceTrainingDataset`` (0 workers vs ``--n_workers``).\n\nThe optimised outputs are checked against the plain ones (PASS/FAIL with the max abs difference);\nany FAIL makes the exit code 1. Results go to a table on stdout and to ``--output_json``."
+DESCRIPTION = "Speed and memory benchmark: ``python -m spinseg.benchmark`` (plain eager path vs the optimised one).\n\nFor every model of the registry that imports (or those given with ``--models``), on synthetic\nmemory-mapped volumes of the ATLAS shape, in one run on one machine:\n\n* parameters and forward GFLOP per slice (``torch.utils.flop_counter.FlopCounterMode``);\n* inference seconds per volume: :func:`spinseg.inference.predict_volume` (plain) against\n  :func:`spinseg.fast_inference.predict_volume_fast` (folded batch norm, channels-last, background\n  slices skipped), their achieved GFLOP/s and its fraction of a measured fp32 matmul rate;\n* training slices per second: the trainer's own step (:func:`spinseg.training.trainer.training_step`\n  with the model's recipe) on the plain eager model against the channels-last one (and\n  ``torch.compile`` with ``--compile``);\n* with ``--bf16`` (default: where the device computes bf16 in hardware, e.g. CPUs with\n  AVX512-BF16), the optimised inference and training paths once more under bf16 autocast\n  (``--amp`` of the commands), against the same fp32 plain path, checked with the bf16 tolerance\n  and their GFLOP/s set against a bf16 matmul;\n* peak memory per phase (CPU: peak RSS above the phase's start, each phase in a fresh process by\n  default; GPU: ``torch.cuda.max_memory_allocated``);\n* data loading slices per second from a ``SliceTrainingDataset`` (0 workers vs ``--n_workers``).\n\nThe optimised outputs are checked against the plain ones (PASS/FAIL with the max abs difference);\nany FAIL makes the exit code 1. Results go to a table on stdout and to ``--output_json``."
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m spinseg.benchmark", description=DESCRIPTION.split("\n\n")[0])
@@ -93,42 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserInputError("no model to benchmark: " + "; ".join(f"{k}: {v}" for k, v in skipped_models.items()))
 
     args.bf16_variants = not args.amp and (args.bf16 == "yes" or (args.bf16 == "auto" and native_bf16(device)))
-    results: dict[str, Any] = {"machine": machine_description(device), "device": str(device), "amp": args.amp,
-                               "bf16_variants": args.bf16_variants, "native_bf16": native_bf16(device),
-                               "shape": [args.height, args.width, args.depth], "isolated_phases": isolate,
-                               "arguments": {k: v for k, v in vars(args).items() if k not in ("phase", "checkpoints")}}
-    print(f"measuring the fp32 matmul rate on {device} ...", flush=True)
-    results["matmul_gflops"] = matmul_gflops(device)
-    matmul_rates = {"fp32": results["matmul_gflops"]}
-    if args.amp or args.bf16_variants:
-        results["matmul_gflops_bf16"] = matmul_rates["bf16"] = matmul_gflops(device, torch.bfloat16)
-    # Fractions compare like with like: bf16 phases against the bf16 matmul rate.
-
-    with tempfile.TemporaryDirectory(prefix="spinseg-benchmark-") as directory:
-        workdir = Path(directory)
-        scan_paths, mask_paths = write_synthetic_volumes(workdir, args.volumes, (args.height, args.width, args.depth), args.seed)
-        data = {"scan_paths": scan_paths, "mask_paths": mask_paths}
-        results["models"], results["skipped_models"], results["failed_models"] = [], skipped_models, {}
-        for name in names:
-            print(f"benchmarking {name} ...", flush=True)
-            try:
-                results["models"].append(benchmark_model(name, args, device, data, matmul_rates, isolate, workdir))
-                write_results(args.output_json, {**results, "partial": True})  # a run cut short keeps what it measured
-            except Exception as error:  # one broken model must not hide the others' figures, but fails the run
-                results["failed_models"][name] = f"{type(error).__name__}: {str(error)[-1500:]}"
-                print(f"  {name} FAILED: {results['failed_models'][name]}", flush=True)
-        results["data_loading"] = []
-        n_samples = 16 if args.quick else 96
-        for n_workers in sorted({0, args.n_workers}):
-            spec = {"kind": "data", "device": str(device), "scan_paths": scan_paths, "mask_paths": mask_paths, "seed": args.seed,
-                    "batch_size": args.batch_size, "n_workers": n_workers, "n_samples": n_samples, "augmentation_probability": 1.0}
-            print(f"data loading with {n_workers} workers ...", flush=True)
-            results["data_loading"].append(run_phase(spec, isolate))
-    results["machine"]["load_average_at_end"] = list(os.getloadavg())
-
-    checks = [v["check"] for record in results["models"] for group in ("inference", "training")
-              for v in record[group].values() if "check" in v]
-    results["passed"] = bool(results["models"]) and not results["failed_models"] and all(check["passed"] for check in checks)
+    results = run_benchmark(args, device, names, skipped_models, isolate)
     print(format_table(results) if results["models"] else "no model finished", flush=True)
     print("PASS: optimised outputs agree with the plain path" if results["passed"] else "FAIL: see the check columns / JSON", flush=True)
     if args.output_json:

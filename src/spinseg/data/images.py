@@ -205,6 +205,46 @@ def compute_channel_statistics(image_paths: Sequence[str | os.PathLike]) -> dict
     }
 
 
+def check_raw_pairs(pairs: Sequence[RawPair], log: Callable[[str], None]) -> dict[str, dict]:
+    """Decodes every pair (kept out of memory) so a bad file stops the run before any write; logs
+    the pairs' notes; returns {name: original height, width, group and source files}."""
+    if not any(pair.split == "train" for pair in pairs):
+        raise UserInputError("no training images found")
+    if not any(pair.split == "test" for pair in pairs):
+        raise UserInputError("no test images found")
+    original_sizes = {}
+    for pair in pairs:
+        image, _ = load_raw_pair(pair)
+        original_sizes[pair.name] = {
+            "height": int(image.shape[0]),
+            "width": int(image.shape[1]),
+            "group": pair.group,
+            "image": str(pair.image_path),
+            "label": str(pair.label_path),
+        }
+    for line in sorted({note for pair in pairs for note in pair.notes}):
+        log(line)
+    return original_sizes
+
+
+def convert_pair(pair: RawPair, output_dir: Path, target_size: tuple[int, int] | None) -> tuple[Path, Path, Path, tuple[int, int]]:
+    """Writes one pair as float32 (H, W, 3) image and (H, W) mask .npy files, resized to ``target_size``
+    when given (the original-size mask kept apart); returns (image, mask, original-size mask, stored (H, W))."""
+    image, mask = load_raw_pair(pair)
+    image_path = output_dir / IMAGES_FOLDER / f"{pair.name}.npy"
+    mask_path = output_dir / GROUND_TRUTHS_FOLDER / f"{pair.name}.npy"
+    original_mask_path = mask_path
+    stored = image.astype(np.float32)
+    if target_size is not None and tuple(image.shape[:2]) != tuple(target_size):
+        stored = resize_image(stored, target_size)
+        original_mask_path = output_dir / ORIGINAL_GROUND_TRUTHS_FOLDER / f"{pair.name}.npy"
+        save_npy(original_mask_path, mask)
+        mask = resize_mask(mask, target_size)
+    save_npy(image_path, stored)
+    save_npy(mask_path, mask)
+    return image_path, mask_path, original_mask_path, tuple(map(int, stored.shape[:2]))
+
+
 def write_prepared_dataset(
     pairs: Sequence[RawPair],
     output_dir: str | os.PathLike,
@@ -220,43 +260,14 @@ def write_prepared_dataset(
     written atomically and the lists come last, so an interrupted run never leaves lists pointing at
     missing files. Returns {"counts": {group: n}, "statistics": {...}, "lists": [paths]}.
     """
-    if not any(pair.split == "train" for pair in pairs):
-        raise UserInputError("no training images found")
-    if not any(pair.split == "test" for pair in pairs):
-        raise UserInputError("no test images found")
-    # Pass 1: decode everything (kept out of memory) so a bad file stops the run before any write.
-    original_sizes = {}
-    for pair in pairs:
-        image, _ = load_raw_pair(pair)
-        original_sizes[pair.name] = {
-            "height": int(image.shape[0]),
-            "width": int(image.shape[1]),
-            "group": pair.group,
-            "image": str(pair.image_path),
-            "label": str(pair.label_path),
-        }
-    for line in sorted({note for pair in pairs for note in pair.notes}):
-        log(line)
-
+    original_sizes = check_raw_pairs(pairs, log)
     output_dir = Path(output_dir)
     # List entries are output_dir as given joined with the relative path (as the ATLAS setup does).
     lists: dict[str, list[str]] = {"train_images": [], "train_gts": [], "test_images": [], "test_gts": [], "test_original": []}
     train_image_paths = []
-    # Pass 2: convert and write.
     for pair in pairs:
-        image, mask = load_raw_pair(pair)
-        image_path = output_dir / IMAGES_FOLDER / f"{pair.name}.npy"
-        mask_path = output_dir / GROUND_TRUTHS_FOLDER / f"{pair.name}.npy"
-        original_mask_path = mask_path
-        stored = image.astype(np.float32)
-        if target_size is not None and tuple(image.shape[:2]) != tuple(target_size):
-            stored = resize_image(stored, target_size)
-            original_mask_path = output_dir / ORIGINAL_GROUND_TRUTHS_FOLDER / f"{pair.name}.npy"
-            save_npy(original_mask_path, mask)
-            mask = resize_mask(mask, target_size)
-        save_npy(image_path, stored)
-        save_npy(mask_path, mask)
-        original_sizes[pair.name]["stored_height"], original_sizes[pair.name]["stored_width"] = map(int, stored.shape[:2])
+        image_path, mask_path, original_mask_path, stored_size = convert_pair(pair, output_dir, target_size)
+        original_sizes[pair.name]["stored_height"], original_sizes[pair.name]["stored_width"] = stored_size
         if pair.split == "train":
             lists["train_images"].append(str(image_path))
             lists["train_gts"].append(str(mask_path))

@@ -211,55 +211,38 @@ def find_missing(splits: dict[str, dict[str, list[str]]], present: set[str]) -> 
     return missing
 
 
-def setup_atlas(atlas_dir: str | os.PathLike = DEFAULT_ATLAS_DIR, output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR,
-                data_split_dir: str | os.PathLike | None = None, lists_dir: str | os.PathLike = ".",
-                n_workers: int = 1, allow_missing: bool = False, data_format: str = R12,
-                split_seed: int = 1, n_folds: int = 0, log: Callable[[str], None] = print,
-                warn: Callable[[str], None] = warn) -> dict:
-    """Converts a raw ATLAS tree and writes the path lists; returns a summary dict.
-
-    ``data_split_dir`` defaults to ``data_split/atlas`` for R1.2; for ``"bids"`` without one, a
-    seeded split (:func:`make_bids_splits`) is made and saved under ``<lists_dir>/data_split/atlas_v2``.
-    Subjects named by a split but absent on disk are an error (nothing written) unless
-    ``allow_missing``, which warns once and lists present subjects only. Lists are written only after
-    every subject converted.
-    """
+def check_setup_flags(data_format: str, n_workers: int, n_folds: int) -> None:
+    """Refuses an unknown format, no workers, and folds asked of R1.2 (whose folds are given)."""
     if data_format not in FORMATS:
         raise UserInputError(f"--format {data_format}: expected one of {', '.join(FORMATS)}")
     if n_workers < 1:
         raise UserInputError(f"--n_workers {n_workers}: expected at least 1")
     if n_folds and data_format != BIDS:
         raise UserInputError("--n_folds applies to --format bids; R1.2 folds come from --data_split_dir")
+
+
+def check_missing_subjects(splits: dict, present: set[str], split_root: Path, atlas_dir, allow_missing: bool,
+                           warn: Callable[[str], None]) -> None:
+    """Subjects named by a split but absent on disk: one-line error naming the first split file,
+    or (``allow_missing``) one warning."""
+    missing = find_missing(splits, present)
+    if not missing:
+        return
+    total = len({s for _, _, absent in missing for s in absent})
+    name, role, absent = missing[0]
+    shown = ", ".join(absent[:SHOWN_MISSING]) + (", ..." if len(absent) > SHOWN_MISSING else "")
+    where = split_root / name / f"{role}{SUBJECTS_SUFFIX}"
+    if not allow_missing:
+        raise fail(where, f"{len(absent)} listed subject(s) not found under {atlas_dir}: {shown} "
+                          f"({total} missing over all split files; --allow_missing lists present subjects only)")
+    warn(f"{total} subject(s) named in {split_root} not found under {atlas_dir} (first: {where}: {shown}); "
+         f"lists hold present subjects only")
+
+
+def write_subject_lists(splits: dict, subjects: dict, output_dir, lists_dir, data_format: str) -> list[Path]:
+    """Writes each split's scan and ground-truth lists (present subjects, paths under ``output_dir``),
+    rewriting only files whose content changed; returns the list files."""
     dataset = DATASET_NAMES[data_format]
-    subjects = discover(atlas_dir, data_format)
-
-    generated_split_dir = None
-    if data_split_dir is None and data_format == BIDS:
-        splits = make_bids_splits(list(subjects), split_seed, n_folds)
-        generated_split_dir = Path(lists_dir) / "data_split" / dataset
-        split_root = generated_split_dir
-    else:
-        split_root = Path(DEFAULT_DATA_SPLIT_DIR if data_split_dir is None else data_split_dir)
-        splits = read_all_splits(split_root)
-
-    missing = find_missing(splits, set(subjects))
-    if missing:
-        total = len({s for _, _, absent in missing for s in absent})
-        name, role, absent = missing[0]
-        shown = ", ".join(absent[:SHOWN_MISSING]) + (", ..." if len(absent) > SHOWN_MISSING else "")
-        where = split_root / name / f"{role}{SUBJECTS_SUFFIX}"
-        if not allow_missing:
-            raise fail(where, f"{len(absent)} listed subject(s) not found under {atlas_dir}: {shown} "
-                              f"({total} missing over all split files; --allow_missing lists present subjects only)")
-        warn(f"{total} subject(s) named in {split_root} not found under {atlas_dir} (first: {where}: {shown}); "
-             f"lists hold present subjects only")
-
-    statuses = convert_subjects(list(subjects.values()), output_dir, data_format, n_workers, log)
-
-    if generated_split_dir is not None:
-        for name, split in splits.items():
-            for role, subject_ids in split.items():
-                write_lines_if_changed(generated_split_dir / name / f"{role}{SUBJECTS_SUFFIX}", sorted(subject_ids))
     written_lists = []
     for name, split in splits.items():
         for role, subject_ids in split.items():
@@ -275,6 +258,43 @@ def setup_atlas(atlas_dir: str | os.PathLike = DEFAULT_ATLAS_DIR, output_dir: st
             write_lines_if_changed(scans_list, scan_lines)
             write_lines_if_changed(truths_list, truth_lines)
             written_lists += [scans_list, truths_list]
+    return written_lists
+
+
+def setup_atlas(atlas_dir: str | os.PathLike = DEFAULT_ATLAS_DIR, output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR,
+                data_split_dir: str | os.PathLike | None = None, lists_dir: str | os.PathLike = ".",
+                n_workers: int = 1, allow_missing: bool = False, data_format: str = R12,
+                split_seed: int = 1, n_folds: int = 0, log: Callable[[str], None] = print,
+                warn: Callable[[str], None] = warn) -> dict:
+    """Converts a raw ATLAS tree and writes the path lists; returns a summary dict.
+
+    ``data_split_dir`` defaults to ``data_split/atlas`` for R1.2; for ``"bids"`` without one, a
+    seeded split (:func:`make_bids_splits`) is made and saved under ``<lists_dir>/data_split/atlas_v2``.
+    Subjects named by a split but absent on disk are an error (nothing written) unless
+    ``allow_missing``, which warns once and lists present subjects only. Lists are written only after
+    every subject converted.
+    """
+    check_setup_flags(data_format, n_workers, n_folds)
+    dataset = DATASET_NAMES[data_format]
+    subjects = discover(atlas_dir, data_format)
+
+    generated_split_dir = None
+    if data_split_dir is None and data_format == BIDS:
+        splits = make_bids_splits(list(subjects), split_seed, n_folds)
+        generated_split_dir = Path(lists_dir) / "data_split" / dataset
+        split_root = generated_split_dir
+    else:
+        split_root = Path(DEFAULT_DATA_SPLIT_DIR if data_split_dir is None else data_split_dir)
+        splits = read_all_splits(split_root)
+
+    check_missing_subjects(splits, set(subjects), split_root, atlas_dir, allow_missing, warn)
+    statuses = convert_subjects(list(subjects.values()), output_dir, data_format, n_workers, log)
+
+    if generated_split_dir is not None:
+        for name, split in splits.items():
+            for role, subject_ids in split.items():
+                write_lines_if_changed(generated_split_dir / name / f"{role}{SUBJECTS_SUFFIX}", sorted(subject_ids))
+    written_lists = write_subject_lists(splits, subjects, output_dir, lists_dir, data_format)
     converted = sum(status == "converted" for status in statuses.values())
     log(f"{converted} subject(s) converted, {len(statuses) - converted} up to date, "
         f"{len(written_lists)} lists written under {lists_dir}")

@@ -229,22 +229,12 @@ def _pick_center(rng: np.random.Generator, model: HeadModel, candidates: np.ndar
     return tuple(int(v) for v in np.unravel_index(flat, model.shape))
 
 
-def generate_subject(index: int, seed: int = 0, shape: tuple[int, int, int] | None = None,
-                     extra_small_lesions: int = 0) -> dict:
-    """Generates subject ``index`` for ``seed`` on a (H, W, D) grid (default the full ATLAS grid).
-
-    ``extra_small_lesions`` adds that many small lesions (:data:`TEST_SMALL_LESION_VOLUME_MM3`), placed
-    from their own stream (seed, index, 1); the held-out subjects of :func:`write_synthetic_atlas` get them.
-
-    Returns ``{"t1": (H, W, D) float32, "mask": (H, W, D) uint8 in {0, 1}, "affine": (4, 4),
-    "lesion_volumes": list of target voxel counts}``. Same (index, seed, shape) -> same bytes.
-    """
-    model = load_head_model(None if shape is None else tuple(shape))
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
-    image = model.t1.copy()
+def _paint_lesions(rng: np.random.Generator, model: HeadModel, image: np.ndarray, index: int, seed: int,
+                   extra_small_lesions: int) -> tuple[np.ndarray, list[int]]:
+    """Step 1: lesions painted into ``image`` (in place) in template space, so the warp moves image
+    and mask together; returns (lesion mask (H, W, D) bool, target voxel counts). The
+    ``extra_small_lesions`` come from their own stream (seed, index, 1)."""
     lesion = np.zeros(model.shape, dtype=bool)
-
-    # 1. Lesions, painted in template space so the warp moves image and mask together.
     n_satellites = int(rng.integers(0, MAX_SATELLITES + 1))
     volumes_mm3 = [float(np.exp(rng.uniform(*np.log(PRIMARY_VOLUME_MM3))))]
     volumes_mm3 += [float(np.exp(rng.uniform(*np.log(SATELLITE_VOLUME_MM3)))) for _ in range(n_satellites)]
@@ -268,8 +258,11 @@ def generate_subject(index: int, seed: int = 0, shape: tuple[int, int, int] | No
         texture /= max(float(texture.std()), 1e-6)
         core = LESION_CORE_LEVEL * (1.0 + rng.uniform(0.0, 0.4)) * (1.0 + 0.2 * texture)
         image[box] = image[box] * (1.0 - alpha) + np.clip(core, 0.05, 0.7) * alpha
+    return lesion, target_voxels
 
-    # 2. Smooth warp of a few mm, applied to image and mask with the same coordinates.
+
+def _warp(rng: np.random.Generator, model: HeadModel, image: np.ndarray, lesion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step 2: a smooth warp of a few mm, applied to image and mask with the same coordinates."""
     displacement = [
         _smooth_field(rng, model.shape, model.spacing, 4, (60.0, 200.0)) * np.float32(DISPLACEMENT_MM / spacing)
         for spacing in model.spacing
@@ -286,8 +279,11 @@ def generate_subject(index: int, seed: int = 0, shape: tuple[int, int, int] | No
         lesion = np.zeros(model.shape, dtype=bool)
         lesion[box] = warped >= 0.5
     del coordinates, displacement
+    return image, lesion
 
-    # 3. Bias field, global scale, Rician noise.
+
+def _acquire(rng: np.random.Generator, model: HeadModel, image: np.ndarray) -> np.ndarray:
+    """Step 3: bias field, global scale and Rician noise, as a scanner adds them."""
     bias = np.exp(BIAS_STRENGTH * _smooth_field(rng, model.shape, model.spacing, 3, (150.0, 400.0)))
     scale = np.float32(model.scale * rng.uniform(0.9, 1.1))
     image = image * bias * scale
@@ -295,6 +291,25 @@ def generate_subject(index: int, seed: int = 0, shape: tuple[int, int, int] | No
     real = image + sigma * rng.standard_normal(model.shape, dtype=np.float32)
     imaginary = sigma * rng.standard_normal(model.shape, dtype=np.float32)
     image = np.sqrt(real * real + imaginary * imaginary).astype(np.float32)
+    return image
+
+
+def generate_subject(index: int, seed: int = 0, shape: tuple[int, int, int] | None = None,
+                     extra_small_lesions: int = 0) -> dict:
+    """Generates subject ``index`` for ``seed`` on a (H, W, D) grid (default the full ATLAS grid).
+
+    ``extra_small_lesions`` adds that many small lesions (:data:`TEST_SMALL_LESION_VOLUME_MM3`), placed
+    from their own stream (seed, index, 1); the held-out subjects of :func:`write_synthetic_atlas` get them.
+
+    Returns ``{"t1": (H, W, D) float32, "mask": (H, W, D) uint8 in {0, 1}, "affine": (4, 4),
+    "lesion_volumes": list of target voxel counts}``. Same (index, seed, shape) -> same bytes.
+    """
+    model = load_head_model(None if shape is None else tuple(shape))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+    image = model.t1.copy()
+    lesion, target_voxels = _paint_lesions(rng, model, image, index, seed, extra_small_lesions)
+    image, lesion = _warp(rng, model, image, lesion)
+    image = _acquire(rng, model, image)
     return {
         "t1": image,
         "mask": lesion.astype(np.uint8),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +53,8 @@ def save_prediction_nifti(probabilities_mask: np.ndarray, path: Path, reference:
         nibabel.save(nibabel.Nifti1Image(probabilities_mask.astype(np.uint8), affine), str(temporary))
 
 
-def evaluate(config: EvaluateConfig) -> dict:
-    """Evaluates a checkpoint on a list of volumes; prints and writes Table 2/3 rows and the report.
-
-    Returns {"table2": {...}, "table3": {...} | None, "records": [...], "output_path": str}.
-    """
+def check_evaluate_flags(config: EvaluateConfig) -> None:
+    """Refuses unknown metric groups and a missing checkpoint, before any work."""
     unknown = sorted(set(config.metrics) - set(KNOWN_METRIC_GROUPS))
     if unknown:
         raise UserInputError(f"--metrics: unknown group(s) {', '.join(unknown)}; choose from {', '.join(KNOWN_METRIC_GROUPS)}")
@@ -66,6 +64,14 @@ def evaluate(config: EvaluateConfig) -> dict:
         return evaluate_with_preset(config)
     if not config.restore_path:
         raise UserInputError("--restore_path: give the checkpoint to evaluate")
+
+
+def evaluate(config: EvaluateConfig) -> dict:
+    """Evaluates a checkpoint on a list of volumes; prints and writes Table 2/3 rows and the report.
+
+    Returns {"table2": {...}, "table3": {...} | None, "records": [...], "output_path": str}.
+    """
+    check_evaluate_flags(config)
     device = select_device(config.device)
     if config.n_thread > 0:
         torch.set_num_threads(config.n_thread)
@@ -87,52 +93,75 @@ def evaluate(config: EvaluateConfig) -> dict:
     if not config.plain_inference:
         model = prepare_inference_model(model)
 
-    records, montages, small_gts, small_preds = [], {}, [], []
     started = time.time()
+    outcome = VolumeOutcomes()
     for index, (scan_path, ground_truth_path) in enumerate(progress_bar(list(zip(scan_paths, ground_truth_paths)), desc="evaluate")):
-        scan, ground_truth = load_volume(scan_path), load_volume(ground_truth_path)
-        check_same_shape(scan, scan_path, ground_truth, ground_truth_path)
-        ground_truth = np.asarray(ground_truth) > 0
-        probabilities = volume_probabilities(model, scan, config, normalization, device)
-        prediction = probabilities > config.threshold
-        subject = subject_id_from_path(scan_path)
-        record = reporting.subject_record(subject, ground_truth, prediction, config.voxel_volume_ml)
-        if "boundary" in config.metrics:
-            # .npy volumes carry no header: cubic voxels of --voxel_volume_ml (1 mm on ATLAS).
-            record.update(boundary_metrics(ground_truth, prediction, isotropic_spacing_from_voxel_volume(config.voxel_volume_ml),
-                                           config.boundary_tolerance_mm))
-        records.append(record)
-        if small_lesion_slices is not None:
-            slices = small_lesion_slices[index]
-            small_gts.append(ground_truth[..., slices])
-            small_preds.append(prediction[..., slices])
-        if config.do_visualize_predictions:
-            scan_array = np.asarray(scan)
-            for slice_index in np.flatnonzero((ground_truth | prediction).reshape(-1, scan.shape[-1]).any(axis=0)):
-                save_slice_panel(
-                    scan_array[..., slice_index], ground_truth[..., slice_index], prediction[..., slice_index],
-                    output / "visualizations" / subject / f"{subject}_slice{slice_index:03d}.png",
-                    title=f"{subject} slice {slice_index}",
-                )
-        if config.save_prediction_nifti:
-            save_prediction_nifti(prediction, output / "predictions" / f"{subject}_lesion_mask.nii.gz", config.reference_nifti)
-        # Montages are drawn for every subject while its volume is at hand; the report links the worst five.
-        montages[subject] = save_overlay_montage(
-            np.asarray(scan), prediction, output / "montages" / f"{subject}.png", ground_truth, title=subject
-        )
+        slices = small_lesion_slices[index] if small_lesion_slices is not None else None
+        evaluate_volume(config, model, normalization, device, scan_path, ground_truth_path, slices, output, outcome)
     seconds = time.time() - started
+    return report_evaluation(config, outcome, small_lesion_slices is not None, seconds, output, method)
 
+
+@dataclass
+class VolumeOutcomes:
+    """What the evaluation of each volume leaves for the report."""
+
+    records: list[dict] = field(default_factory=list)  # reporting.subject_record per subject
+    montages: dict[str, Path] = field(default_factory=dict)  # {subject: overlay montage}
+    small_lesion_truths: list[np.ndarray] = field(default_factory=list)  # (H, W, S) per subject, given slices only
+    small_lesion_predictions: list[np.ndarray] = field(default_factory=list)
+
+
+def evaluate_volume(config: EvaluateConfig, model, normalization, device, scan_path: str, ground_truth_path: str,
+                    small_lesion_slices: np.ndarray | None, output: Path, outcome: VolumeOutcomes) -> None:
+    """Predicts one (H, W, D) volume, scores it, draws its figures and adds all that to ``outcome``."""
+    scan, ground_truth = load_volume(scan_path), load_volume(ground_truth_path)
+    check_same_shape(scan, scan_path, ground_truth, ground_truth_path)
+    ground_truth = np.asarray(ground_truth) > 0
+    probabilities = volume_probabilities(model, scan, config, normalization, device)
+    prediction = probabilities > config.threshold
+    subject = subject_id_from_path(scan_path)
+    record = reporting.subject_record(subject, ground_truth, prediction, config.voxel_volume_ml)
+    if "boundary" in config.metrics:
+        # .npy volumes carry no header: cubic voxels of --voxel_volume_ml (1 mm on ATLAS).
+        record.update(boundary_metrics(ground_truth, prediction, isotropic_spacing_from_voxel_volume(config.voxel_volume_ml),
+                                       config.boundary_tolerance_mm))
+    outcome.records.append(record)
+    if small_lesion_slices is not None:
+        outcome.small_lesion_truths.append(ground_truth[..., small_lesion_slices])
+        outcome.small_lesion_predictions.append(prediction[..., small_lesion_slices])
+    if config.do_visualize_predictions:
+        scan_array = np.asarray(scan)
+        for slice_index in np.flatnonzero((ground_truth | prediction).reshape(-1, scan.shape[-1]).any(axis=0)):
+            save_slice_panel(
+                scan_array[..., slice_index], ground_truth[..., slice_index], prediction[..., slice_index],
+                output / "visualizations" / subject / f"{subject}_slice{slice_index:03d}.png",
+                title=f"{subject} slice {slice_index}",
+            )
+    if config.save_prediction_nifti:
+        save_prediction_nifti(prediction, output / "predictions" / f"{subject}_lesion_mask.nii.gz", config.reference_nifti)
+    # Montages are drawn for every subject while its volume is at hand; the report links the worst five.
+    outcome.montages[subject] = save_overlay_montage(
+        np.asarray(scan), prediction, output / "montages" / f"{subject}.png", ground_truth, title=subject
+    )
+
+
+def report_evaluation(config: EvaluateConfig, outcome: VolumeOutcomes, slices_given: bool, seconds: float,
+                      output: Path, method: str) -> dict:
+    """Table 3 pooled over the given slices (if any), the worst subjects' montages kept, then every
+    output written (:func:`spinseg.evaluation.reporting.write_evaluation_outputs`)."""
+    records = outcome.records
     table3 = None
-    if small_lesion_slices is not None and small_gts:
-        table3 = pooled_release_metrics(small_gts, small_preds)
-    worst = {record["subject_id"]: montages[record["subject_id"]] for record in reporting.worst_subjects(records)}
-    for subject, path in montages.items():
+    if slices_given and outcome.small_lesion_truths:
+        table3 = pooled_release_metrics(outcome.small_lesion_truths, outcome.small_lesion_predictions)
+    worst = {record["subject_id"]: outcome.montages[record["subject_id"]] for record in reporting.worst_subjects(records)}
+    for subject, path in outcome.montages.items():
         if subject not in worst:
             Path(path).unlink(missing_ok=True)
 
     heading = [f"{len(records)} subjects, {seconds:.1f} s ({seconds / max(len(records), 1):.1f} s per volume)"]
     # Spread over subjects: the bootstrap interval of the pooled Table 3 DSC.
-    interval = small_lesion_dice_interval(records, small_gts, small_preds)
+    interval = small_lesion_dice_interval(records, outcome.small_lesion_truths, outcome.small_lesion_predictions)
     if not np.isnan(interval[0]):
         heading.append(f"Table 3 DSC 95% bootstrap interval over subjects: [{interval[0]:.3f}, {interval[1]:.3f}]")
     written = reporting.write_evaluation_outputs(

@@ -438,6 +438,102 @@ def worst_subjects(records: Sequence[Mapping], count: int = WORST_SUBJECT_COUNT)
     return sorted(_check_records(records), key=lambda record: float(record["dice"]))[:count]
 
 
+def _table_sections(method_name: str, release_row: Mapping | str, small_lesion_row: Mapping | str | None) -> list[str]:
+    """report.md lines of Table 2 and (when there is one) Table 3."""
+    lines = [
+        "## Table 2: release metrics (3-D, per subject, mean over subjects)",
+        "",
+        "A metric whose denominator is zero scores 0 (the release's convention).",
+        "",
+        format_table2_header(markdown=True),
+        _metrics_row(method_name, release_row),
+        "",
+    ]
+    if small_lesion_row is not None:
+        slices = small_lesion_row.get("slices") if isinstance(small_lesion_row, Mapping) else None
+        detail = f" ({slices} slices)" if slices is not None else ""
+        lines += [
+            "## Table 3: small lesions (voxels pooled over small-lesion slices, metrics computed once)",
+            "",
+            f"Axial slices with at least one lesion and no 8-connected lesion above "
+            f"{metrics.SMALL_LESION_MAX_PIXELS} pixels{detail}.",
+            "",
+            format_table2_header(markdown=True),
+            _metrics_row(method_name, small_lesion_row),
+            "",
+        ]
+    return lines
+
+
+def _lesion_sections(records: Sequence[Mapping], bins: Sequence[int]) -> list[str]:
+    """report.md lines of the challenge metrics, detection by size, boundary metrics (when the records
+    have them) and the 2-D small-lesion recall."""
+    connectivities = sorted({int(record.get("connectivity", 26)) for record in records})
+    lines = [
+        "## Challenge metrics (ATLAS v2.0 / ISLES'22 style, mean ± std over subjects)",
+        "",
+        f"Dice scores 1 when both masks are empty; lesions are {', '.join(map(str, connectivities))}-connected "
+        "components, detected when one voxel overlaps.",
+        "",
+        format_challenge_table(challenge_table(records)),
+        "",
+        "## Detection by lesion size (pooled over subjects)",
+        "",
+        format_size_table(size_table(records, bins)),
+        "",
+    ]
+    if has_boundary_metrics(records):
+        lines += [
+            f"## {boundary_section_title(records)}",
+            "",
+            "Both masks empty: distances 0 and NSD 1; exactly one mask empty: no distance exists, so the subject",
+            "is left out of these means and counted in the last column.",
+            "",
+            format_boundary_table(boundary_metrics.boundary_summary(records)),
+            "",
+        ]
+    if all("small_lesions_2d" in record for record in records):
+        small_total = sum(int(record["small_lesions_2d"]) for record in records)
+        small_hits = sum(int(record["small_lesions_2d_detected"]) for record in records)
+        rate = _format_value(small_hits / small_total if small_total else float("nan"))
+        lines += [
+            f"2-D view (per axial slice, 8-connected, ≤{metrics.SMALL_LESION_MAX_PIXELS} pixels): "
+            f"{small_hits} of {small_total} small lesions detected (recall {rate}).",
+            "",
+        ]
+    return lines
+
+
+def _worst_subjects_section(records: Sequence[Mapping], montage_paths, output_dir: Path) -> list[str]:
+    """report.md lines of the worst subjects' table and their montages (linked relative to ``output_dir``)."""
+    worst = worst_subjects(records)
+    lines = [
+        f"## Worst {len(worst)} subjects by Dice",
+        "",
+        format_markdown_table(
+            ("Subject", "Dice", "Lesion F1", "True volume (ml)", "Predicted volume (ml)"),
+            [
+                (
+                    record["subject_id"],
+                    _format_value(float(record["dice"])),
+                    _format_value(float(record["lesion_f1"])),
+                    _format_value(float(record["gt_volume_ml"]), 2),
+                    _format_value(float(record["pred_volume_ml"]), 2),
+                )
+                for record in worst
+            ],
+        ),
+        "",
+    ]
+    if isinstance(montage_paths, Mapping):
+        montages = [(str(subject), montage) for subject, montage in montage_paths.items()]
+    else:
+        montages = [(Path(montage).stem, montage) for montage in montage_paths]
+    for caption, montage in montages:
+        lines += [f"![{caption}]({_relative_link(montage, output_dir)})", ""]
+    return lines
+
+
 def write_report(
     output_dir: str | os.PathLike,
     records: Sequence[Mapping],
@@ -474,91 +570,13 @@ def write_report(
 
     lines = [f"# {title}", "", f"Subjects: {len(records)}.", ""]
     lines += [line for note in notes for line in (note, "")]
-    lines += [
-        "## Table 2: release metrics (3-D, per subject, mean over subjects)",
-        "",
-        "A metric whose denominator is zero scores 0 (the release's convention).",
-        "",
-        format_table2_header(markdown=True),
-        _metrics_row(method_name, release_row),
-        "",
-    ]
-    if small_lesion_row is not None:
-        slices = small_lesion_row.get("slices") if isinstance(small_lesion_row, Mapping) else None
-        detail = f" ({slices} slices)" if slices is not None else ""
-        lines += [
-            "## Table 3: small lesions (voxels pooled over small-lesion slices, metrics computed once)",
-            "",
-            f"Axial slices with at least one lesion and no 8-connected lesion above "
-            f"{metrics.SMALL_LESION_MAX_PIXELS} pixels{detail}.",
-            "",
-            format_table2_header(markdown=True),
-            _metrics_row(method_name, small_lesion_row),
-            "",
-        ]
-    connectivities = sorted({int(record.get("connectivity", 26)) for record in records})
-    lines += [
-        "## Challenge metrics (ATLAS v2.0 / ISLES'22 style, mean ± std over subjects)",
-        "",
-        f"Dice scores 1 when both masks are empty; lesions are {', '.join(map(str, connectivities))}-connected "
-        "components, detected when one voxel overlaps.",
-        "",
-        format_challenge_table(challenge_table(records)),
-        "",
-        "## Detection by lesion size (pooled over subjects)",
-        "",
-        format_size_table(size_table(records, bins)),
-        "",
-    ]
-    if has_boundary_metrics(records):
-        lines += [
-            f"## {boundary_section_title(records)}",
-            "",
-            "Both masks empty: distances 0 and NSD 1; exactly one mask empty: no distance exists, so the subject",
-            "is left out of these means and counted in the last column.",
-            "",
-            format_boundary_table(boundary_metrics.boundary_summary(records)),
-            "",
-        ]
-    if all("small_lesions_2d" in record for record in records):
-        small_total = sum(int(record["small_lesions_2d"]) for record in records)
-        small_hits = sum(int(record["small_lesions_2d_detected"]) for record in records)
-        rate = _format_value(small_hits / small_total if small_total else float("nan"))
-        lines += [
-            f"2-D view (per axial slice, 8-connected, ≤{metrics.SMALL_LESION_MAX_PIXELS} pixels): "
-            f"{small_hits} of {small_total} small lesions detected (recall {rate}).",
-            "",
-        ]
+    lines += _table_sections(method_name, release_row, small_lesion_row)
+    lines += _lesion_sections(records, bins)
     lines += ["## Plots", ""]
     for caption, plot_path in plots.items():
         lines += [f"![{caption}]({_relative_link(plot_path, output_dir)})", ""]
     lines += [f"Per-subject values: [{PER_SUBJECT_CSV_NAME}]({_relative_link(csv_path, output_dir)})", ""]
-
-    worst = worst_subjects(records)
-    lines += [
-        f"## Worst {len(worst)} subjects by Dice",
-        "",
-        format_markdown_table(
-            ("Subject", "Dice", "Lesion F1", "True volume (ml)", "Predicted volume (ml)"),
-            [
-                (
-                    record["subject_id"],
-                    _format_value(float(record["dice"])),
-                    _format_value(float(record["lesion_f1"])),
-                    _format_value(float(record["gt_volume_ml"]), 2),
-                    _format_value(float(record["pred_volume_ml"]), 2),
-                )
-                for record in worst
-            ],
-        ),
-        "",
-    ]
-    if isinstance(montage_paths, Mapping):
-        montages = [(str(subject), montage) for subject, montage in montage_paths.items()]
-    else:
-        montages = [(Path(montage).stem, montage) for montage in montage_paths]
-    for caption, montage in montages:
-        lines += [f"![{caption}]({_relative_link(montage, output_dir)})", ""]
+    lines += _worst_subjects_section(records, montage_paths, output_dir)
 
     report_path = output_dir / REPORT_NAME
     write_text(report_path, "\n".join(lines).rstrip("\n") + "\n")

@@ -7,7 +7,8 @@ memory-mapped volumes of the ATLAS shape, in one run on one machine:
 * inference seconds per volume: :func:`spinseg.inference.predict_volume` (plain) against
   :func:`spinseg.fast_inference.predict_volume_fast` (folded batch norm, channels-last, background
   slices skipped), their achieved GFLOP/s and its fraction of a measured fp32 matmul rate;
-* training slices per second: a plain eager Adam step against a channels-last one (and
+* training slices per second: the trainer's own step (:func:`spinseg.training.trainer.training_step`
+  with the model's recipe) on the plain eager model against the channels-last one (and
   ``torch.compile`` with ``--compile``);
 * with ``--bf16`` (default: where the device computes bf16 in hardware, e.g. CPUs with
   AVX512-BF16), the optimised inference and training paths once more under bf16 autocast
@@ -29,6 +30,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -321,26 +323,45 @@ def training_batch(spec: dict, n_chunk: int, normalization) -> tuple[torch.Tenso
     return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
 
 
+def recipe_train_config(name: str):
+    """The ``TrainConfig`` the trainer would use for model ``name`` under its named recipe."""
+    from dataclasses import replace
+
+    from spinseg.recipes.config import TrainConfig
+    from spinseg.recipes.named import recipe
+
+    return replace(TrainConfig(), **recipe(name).train)
+
+
 def run_training_phase(spec: dict) -> dict:
-    """Times Adam steps on one full-slice batch: plain eager, channels-last (fp32 or bf16 autocast), or channels-last + compile.
+    """Times the trainer's own step (:func:`spinseg.training.trainer.training_step`, with the model's
+    recipe: loss, optimiser, learning rate, weight decay, lesion weight) on one full-slice batch: plain eager,
+    channels-last (fp32 or bf16 autocast), or channels-last + compile.
 
     The first step (same weights, same batch in every variant, dropout off) gives the loss the
     variants are compared on; it is also the warm-up and is timed apart.
     """
+    from dataclasses import replace
+
     from spinseg.acceleration.training import prepare_training_model
+    from spinseg.training.runtime import DistributedContext
+    from spinseg.training.losses import build_loss, build_optimizer
+    from spinseg.training.trainer import batch_to_device, training_step, wrap_for_training
 
     device = torch.device(spec["device"])
     model, n_chunk, normalization = build_phase_model(spec)
     images, targets = training_batch(spec, n_chunk, normalization)
     channels_last = not spec["variant"].startswith("plain")
+    config = replace(recipe_train_config(spec["model"]), channels_last=channels_last, amp=spec["amp"],
+                     compile=spec["variant"].endswith("compile"))
     model.to(device).train()
-    images, targets = images.to(device), targets.to(device)
-    if channels_last:  # the trainer's optimised path (spinseg.fast_training)
+    if channels_last:  # the trainer's optimised path (spinseg.acceleration.training); "plain" is the bare model
         prepare_training_model(model, device, channels_last=True)
-        images = images.contiguous(memory_format=torch.channels_last)
-    forward_model = torch.compile(model) if spec["variant"].endswith("compile") else model
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-4)
-    pos_weight = torch.tensor([1.5], device=device)
+    images, targets = batch_to_device(images, targets, device, channels_last)
+    forward_model = wrap_for_training(model, config, DistributedContext(), device)
+    optimizer = build_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad],
+                                config.learning_rates[0], config.w_weight_decay)
+    loss_function = build_loss(config.loss_func_segmentation, config.w_positive_class)
 
     dropouts = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
 
@@ -349,12 +370,7 @@ def run_training_phase(spec: dict) -> dict:
         # layout would differ between variants for reasons that are no bug.
         for module in dropouts:
             module.train(not deterministic)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["amp"]):
-            logits = forward_model(images)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, _ = training_step(forward_model, optimizer, images, targets, loss_function, config.amp)
         return loss.item()  # .item() also waits for the GPU
 
     with PeakMemory(device) as memory:
@@ -464,7 +480,7 @@ def float_rounding_errors(model: torch.nn.Module, scan_path: str, n_chunk: int, 
             "slices": list(indices)}
 
 
-def training_loss_rounding(model: torch.nn.Module, spec: dict, n_chunk: int, normalization) -> dict:
+def training_loss_rounding(model: torch.nn.Module, spec: dict, n_chunk: int, normalization, positive_weight: float) -> dict:
     """|fp32 - float64| of the first training step's loss (train mode, dropout off) on the phases' batch.
 
     Batch norm in train mode divides by batch standard deviations, which amplifies rounding in
@@ -482,7 +498,7 @@ def training_loss_rounding(model: torch.nn.Module, spec: dict, n_chunk: int, nor
                 module.eval()
         with torch.no_grad():
             logits = network(images.to(dtype))
-            losses[dtype] = float(F.binary_cross_entropy_with_logits(logits, targets.to(dtype), pos_weight=torch.tensor([1.5], dtype=dtype)))
+            losses[dtype] = float(F.binary_cross_entropy_with_logits(logits, targets.to(dtype), pos_weight=torch.tensor([positive_weight], dtype=dtype)))
     return {"plain_loss": losses[torch.float32], "float64_loss": losses[torch.float64],
             "plain_vs_float64": abs(losses[torch.float32] - losses[torch.float64])}
 
@@ -520,16 +536,24 @@ def compare_inference(plain_path: str, fast_path: str, scan_path: str, n_chunk: 
 BF16_VARIANTS = {"inference": "fast_bf16", "training": "channels_last_bf16"}
 
 
-def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_rates: dict[str, float], isolate: bool,
-                    workdir: Path) -> dict:
-    """All phases of one model; returns its JSON record.
+def variant_precision(variant: str, amp: bool) -> str:
+    """"bf16" for the ``*_bf16`` variants (every variant under ``--amp``), else "fp32"."""
+    return "bf16" if amp or variant.endswith("_bf16") else "fp32"
 
-    ``matmul_rates`` holds "fp32" and, when bf16 is measured, "bf16" GFLOP/s; each variant's
-    achieved rate is set against the matmul of its own precision.
-    """
+
+def variant_tolerance(variant: str, amp: bool) -> dict:
+    """The agreement tolerances of a variant's precision."""
+    return TOLERANCE_AMP if variant_precision(variant, amp) == "bf16" else TOLERANCE_FP32
+
+
+def describe_model(name: str, setup: tuple[dict, int, Any], args, data: dict,
+                   workdir: Path) -> tuple[dict, Path, dict | None, dict | None]:
+    """Writes the reference weights every phase of ``name`` starts from; returns (the model's record
+    so far: parameters and GFLOP per slice, the weights' file, fp32 rounding of inference and of the
+    first training loss against float64 (None under ``--amp``)). ``setup``: :func:`model_setup`'s."""
     from spinseg.models import build_model
 
-    config, n_chunk, normalization = model_setup(name)
+    config, n_chunk, normalization = setup
     state_dict = reference_state_dict(name, config, n_chunk, normalization, data["scan_paths"][0], args.height, args.width,
                                       args.seed, checkpoint=args.checkpoints.get(name, ""))
     state_dict_path = workdir / f"{name}_state_dict.pt"
@@ -544,80 +568,173 @@ def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_ra
     rounding = None if args.amp else float_rounding_errors(model, data["scan_paths"][0], n_chunk, normalization)
     loss_rounding = None if args.amp else training_loss_rounding(
         model, {"scan_paths": data["scan_paths"], "mask_paths": data["mask_paths"], "batch_size": args.batch_size, "seed": args.seed},
-        n_chunk, normalization)
-    del model
-    # Each spec's "amp" follows its variant's precision (below).
+        n_chunk, normalization, recipe_train_config(name).w_positive_class)
+    return record, state_dict_path, rounding, loss_rounding
+
+
+def inference_specs(name: str, args, common: dict, data: dict, workdir: Path, extra_variants: list[str]) -> dict[str, dict]:
+    """The inference phases of one model: plain, fast, and ``extra_variants`` (default heap, bf16, compile)."""
+    return {
+        variant: {**common, "amp": variant_precision(variant, args.amp) == "bf16", "kind": "inference", "variant": variant,
+                  "scan_path": data["scan_paths"][0], "output_path": str(workdir / f"{name}_{variant}.npy"),
+                  "skip_background": not args.no_skip_background,
+                  "batch_size": args.inference_batch_size if variant.startswith("plain") else args.fast_batch_size,
+                  "default_heap": variant.endswith("default_heap")}
+        for variant in ["plain", "fast"] + extra_variants
+    }
+
+
+def score_inference(record: dict, specs: dict[str, dict], args, matmul_rates: dict[str, float], rounding: dict | None,
+                    pad_value: float) -> None:
+    """Adds to each inference result its achieved GFLOP/s, fraction of matmul, speed-ups and agreement check."""
+    amp = args.amp
+    # The best matmul rate of each precision seen at the start or inside a phase of that precision.
+    best_matmul = {key: max([rate] + [r["matmul_gflops_in_phase"] for v, r in record["inference"].items()
+                                      if variant_precision(v, amp) == key])
+                   for key, rate in matmul_rates.items()}
+    record["matmul_gflops_reference"] = best_matmul[variant_precision("fast", amp)]
+    record["matmul_gflops_reference_by_precision"] = best_matmul
+    inference = record["inference"]
+    plain_seconds = inference["plain"]["seconds_per_volume"]
+    for variant, result in inference.items():
+        best = result["seconds_per_volume"]["min"]
+        result["precision"] = variant_precision(variant, amp)
+        result["achieved_gflops"] = result["slices_run"] * record["gflop_per_slice"] / best
+        result["fraction_of_matmul"] = result["achieved_gflops"] / best_matmul[result["precision"]]
+        result["seconds_per_slice"] = best / args.depth
+        if variant == "plain_default_heap":
+            result["slowdown_against_tuned_heap"] = best / plain_seconds["min"]
+        elif variant != "plain":
+            result["check"] = compare_inference(specs["plain"]["output_path"], specs[variant]["output_path"],
+                                                specs[variant]["scan_path"], record["n_chunk"], pad_value,
+                                                variant_tolerance(variant, amp)["probability"], rounding)
+            result["speedup_over_plain"] = plain_seconds["min"] / best
+            result["median_speedup_over_plain"] = plain_seconds["median"] / result["seconds_per_volume"]["median"]
+            if "plain_default_heap" in inference:
+                result["speedup_over_plain_default_heap"] = inference["plain_default_heap"]["seconds_per_volume"]["min"] / best
+
+
+def training_check(result: dict, reference: float, tolerance: float, loss_rounding: dict | None) -> dict:
+    """Agreement of a variant's first-step loss with the plain one's (``reference``), relative
+    ``tolerance`` or 4x the plain path's own fp32 rounding where that is larger."""
+    difference = abs(result["first_step_loss"] - reference)
+    allowed = tolerance * max(abs(reference), 1e-12)
+    if loss_rounding:
+        allowed = max(allowed, 4 * loss_rounding["plain_vs_float64"])
+    return {"first_step_loss_relative_difference": difference / max(abs(reference), 1e-12),
+            "first_step_loss_difference": difference, "allowed_difference": allowed,
+            "tolerance": tolerance, "float_rounding": loss_rounding, "passed": difference <= allowed}
+
+
+def score_training(record: dict, amp: bool, loss_rounding: dict | None) -> None:
+    """Adds to each training result its precision, speed-ups and first-step loss check."""
+    training = record["training"]
+    plain = training["plain"]
+    for variant, result in training.items():
+        result["precision"] = variant_precision(variant, amp)
+        if variant == "plain_default_heap":
+            result["slowdown_against_tuned_heap"] = plain["slices_per_second"] / result["slices_per_second"]
+        elif variant != "plain":
+            result["check"] = training_check(result, plain["first_step_loss"], variant_tolerance(variant, amp)["loss"], loss_rounding)
+            result["speedup_over_plain"] = result["slices_per_second"] / plain["slices_per_second"]
+            result["median_speedup_over_plain"] = plain["seconds_per_step"]["median"] / result["seconds_per_step"]["median"]
+            if "plain_default_heap" in training:
+                result["speedup_over_plain_default_heap"] = (result["slices_per_second"]
+                                                             / training["plain_default_heap"]["slices_per_second"])
+
+
+def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_rates: dict[str, float], isolate: bool,
+                    workdir: Path) -> dict:
+    """All phases of one model; returns its JSON record.
+
+    ``matmul_rates`` holds "fp32" and, when bf16 is measured, "bf16" GFLOP/s; each variant's
+    achieved rate is set against the matmul of its own precision.
+    """
+    setup = model_setup(name)
+    record, state_dict_path, rounding, loss_rounding = describe_model(name, setup, args, data, workdir)
+    # Each spec's "amp" follows its variant's precision (inference_specs, below).
     common = {"model": name, "device": str(device), "state_dict_path": str(state_dict_path),
               "batch_size": args.batch_size, "repeats": args.repeats, "seed": args.seed}
-
-    def precision(variant: str) -> str:
-        return "bf16" if args.amp or variant.endswith("_bf16") else "fp32"
-
-    def tolerance(variant: str) -> dict:
-        return TOLERANCE_AMP if precision(variant) == "bf16" else TOLERANCE_FP32
-
     # "plain_default_heap": the plain path in a process that keeps glibc's default malloc settings
     # (what a script that does not call spinseg.allocator gets); only with isolated CPU phases,
     # since the heap is set per process.
     default_heap = ["plain_default_heap"] if isolate and device.type == "cpu" else []
+
     bf16 = [BF16_VARIANTS["inference"]] if args.bf16_variants else []
-    inference_variants = ["plain", "fast"] + default_heap + bf16 + (["fast_compile"] if args.compile else [])
-    inference_specs = {
-        variant: {**common, "amp": precision(variant) == "bf16", "kind": "inference", "variant": variant, "scan_path": data["scan_paths"][0],
-                  "output_path": str(workdir / f"{name}_{variant}.npy"), "skip_background": not args.no_skip_background,
-                  "batch_size": args.inference_batch_size if variant.startswith("plain") else args.fast_batch_size,
-                  "default_heap": variant.endswith("default_heap")}
-        for variant in inference_variants
-    }
-    record["inference"] = interleaved_phases(inference_specs, "repeats", args.repeats, isolate, f"{name}: inference")
-    # The best matmul rate of each precision seen at the start or inside a phase of that precision.
-    best_matmul = {key: max([rate] + [r["matmul_gflops_in_phase"] for v, r in record["inference"].items() if precision(v) == key])
-                   for key, rate in matmul_rates.items()}
-    record["matmul_gflops_reference"] = best_matmul[precision("fast")]
-    record["matmul_gflops_reference_by_precision"] = best_matmul
-    for variant, result in record["inference"].items():
-        best = result["seconds_per_volume"]["min"]
-        result["precision"] = precision(variant)
-        result["achieved_gflops"] = result["slices_run"] * record["gflop_per_slice"] / best
-        result["fraction_of_matmul"] = result["achieved_gflops"] / best_matmul[precision(variant)]
-        result["seconds_per_slice"] = best / args.depth
-        if variant == "plain_default_heap":
-            result["slowdown_against_tuned_heap"] = best / record["inference"]["plain"]["seconds_per_volume"]["min"]
-        elif variant != "plain":
-            result["check"] = compare_inference(str(workdir / f"{name}_plain.npy"), inference_specs[variant]["output_path"],
-                                                data["scan_paths"][0], n_chunk, normalization.pad_value(), tolerance(variant)["probability"], rounding)
-            result["speedup_over_plain"] = record["inference"]["plain"]["seconds_per_volume"]["min"] / best
-            result["median_speedup_over_plain"] = record["inference"]["plain"]["seconds_per_volume"]["median"] / result["seconds_per_volume"]["median"]
-            if "plain_default_heap" in record["inference"]:
-                result["speedup_over_plain_default_heap"] = record["inference"]["plain_default_heap"]["seconds_per_volume"]["min"] / best
+    specs = inference_specs(name, args, common, data, workdir, default_heap + bf16 + (["fast_compile"] if args.compile else []))
+    record["inference"] = interleaved_phases(specs, "repeats", args.repeats, isolate, f"{name}: inference")
+    score_inference(record, specs, args, matmul_rates, rounding, setup[2].pad_value())
 
     bf16 = [BF16_VARIANTS["training"]] if args.bf16_variants else []
     training_variants = ["plain", "channels_last"] + default_heap + bf16 + (["channels_last_compile"] if args.compile else [])
-    training_specs = {variant: {**common, "amp": precision(variant) == "bf16", "kind": "training", "variant": variant,
-                                "scan_paths": data["scan_paths"],
-                                "mask_paths": data["mask_paths"], "default_heap": variant.endswith("default_heap")}
+    training_specs = {variant: {**common, "amp": variant_precision(variant, args.amp) == "bf16", "kind": "training",
+                                "variant": variant, "scan_paths": data["scan_paths"], "mask_paths": data["mask_paths"],
+                                "default_heap": variant.endswith("default_heap")}
                       for variant in training_variants}
     record["training"] = interleaved_phases(training_specs, "repeats", args.train_repeats, isolate, f"{name}: training")
-    for variant, result in record["training"].items():
-        result["precision"] = precision(variant)
-        if variant == "plain_default_heap":
-            result["slowdown_against_tuned_heap"] = record["training"]["plain"]["slices_per_second"] / result["slices_per_second"]
-        elif variant != "plain":
-            reference = record["training"]["plain"]["first_step_loss"]
-            difference = abs(result["first_step_loss"] - reference)
-            allowed = tolerance(variant)["loss"] * max(abs(reference), 1e-12)
-            if loss_rounding:
-                allowed = max(allowed, 4 * loss_rounding["plain_vs_float64"])
-            result["check"] = {"first_step_loss_relative_difference": difference / max(abs(reference), 1e-12),
-                               "first_step_loss_difference": difference, "allowed_difference": allowed,
-                               "tolerance": tolerance(variant)["loss"], "float_rounding": loss_rounding, "passed": difference <= allowed}
-            result["speedup_over_plain"] = result["slices_per_second"] / record["training"]["plain"]["slices_per_second"]
-            result["median_speedup_over_plain"] = (record["training"]["plain"]["seconds_per_step"]["median"]
-                                                   / result["seconds_per_step"]["median"])
-            if "plain_default_heap" in record["training"]:
-                result["speedup_over_plain_default_heap"] = (result["slices_per_second"]
-                                                             / record["training"]["plain_default_heap"]["slices_per_second"])
+    score_training(record, args.amp, loss_rounding)
     return record
+
+
+def benchmark_header(args, device: torch.device, isolate: bool) -> tuple[dict[str, Any], dict[str, float]]:
+    """The results' description of the run (machine, settings) and the matmul rates the phases are
+    set against: ({...}, {"fp32": GFLOP/s, "bf16": GFLOP/s when bf16 is measured})."""
+    from spinseg.training.runtime import native_bf16
+
+    results: dict[str, Any] = {"machine": machine_description(device), "device": str(device), "amp": args.amp,
+                               "bf16_variants": args.bf16_variants, "native_bf16": native_bf16(device),
+                               "shape": [args.height, args.width, args.depth], "isolated_phases": isolate,
+                               "arguments": {k: v for k, v in vars(args).items() if k not in ("phase", "checkpoints")}}
+    print(f"measuring the fp32 matmul rate on {device} ...", flush=True)
+    results["matmul_gflops"] = matmul_gflops(device)
+    matmul_rates = {"fp32": results["matmul_gflops"]}
+    if args.amp or args.bf16_variants:
+        results["matmul_gflops_bf16"] = matmul_rates["bf16"] = matmul_gflops(device, torch.bfloat16)
+    # Fractions compare like with like: bf16 phases against the bf16 matmul rate.
+    return results, matmul_rates
+
+
+def benchmark_data_loading(args, device: torch.device, data: dict, isolate: bool) -> list[dict]:
+    """The data phase with 0 workers and with ``--n_workers``."""
+    results = []
+    n_samples = 16 if args.quick else 96
+    for n_workers in sorted({0, args.n_workers}):
+        spec = {"kind": "data", "device": str(device), "scan_paths": data["scan_paths"], "mask_paths": data["mask_paths"],
+                "seed": args.seed, "batch_size": args.batch_size, "n_workers": n_workers, "n_samples": n_samples,
+                "augmentation_probability": 1.0}
+        print(f"data loading with {n_workers} workers ...", flush=True)
+        results.append(run_phase(spec, isolate))
+    return results
+
+
+def run_benchmark(args, device: torch.device, names: list[str], skipped_models: dict[str, str], isolate: bool) -> dict:
+    """Every phase of every model in ``names``, then data loading, on synthetic volumes in a temporary
+    folder; returns the JSON-ready results with "passed" (every check passed, no model failed).
+
+    ``args``: the parsed command line (``spinseg.cli.benchmark``) with ``checkpoints`` and
+    ``bf16_variants`` resolved. After each model the results so far go to ``--output_json``.
+    """
+    results, matmul_rates = benchmark_header(args, device, isolate)
+    with tempfile.TemporaryDirectory(prefix="spinseg-benchmark-") as directory:
+        workdir = Path(directory)
+        scan_paths, mask_paths = write_synthetic_volumes(workdir, args.volumes, (args.height, args.width, args.depth), args.seed)
+        data = {"scan_paths": scan_paths, "mask_paths": mask_paths}
+        results["models"], results["skipped_models"], results["failed_models"] = [], skipped_models, {}
+        for name in names:
+            print(f"benchmarking {name} ...", flush=True)
+            try:
+                results["models"].append(benchmark_model(name, args, device, data, matmul_rates, isolate, workdir))
+                write_results(args.output_json, {**results, "partial": True})  # a run cut short keeps what it measured
+            except Exception as error:  # one broken model must not hide the others' figures, but fails the run
+                results["failed_models"][name] = f"{type(error).__name__}: {str(error)[-1500:]}"
+                print(f"  {name} FAILED: {results['failed_models'][name]}", flush=True)
+        results["data_loading"] = benchmark_data_loading(args, device, data, isolate)
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
+
+    checks = [v["check"] for record in results["models"] for group in ("inference", "training")
+              for v in record[group].values() if "check" in v]
+    results["passed"] = bool(results["models"]) and not results["failed_models"] and all(check["passed"] for check in checks)
+    return results
 
 
 def interleaved_phases(specs: dict[str, dict], repeats_key: str, repeats: int, isolate: bool, label: str) -> dict[str, dict]:
@@ -650,6 +767,61 @@ def interleaved_phases(specs: dict[str, dict], repeats_key: str, repeats: int, i
     return merged
 
 
+def format_model_lines(record: dict) -> list[str]:
+    """One model's summary row, then its notes: compile variants, failed checks, bf16 and default-heap variants."""
+    lines = []
+    inference, training = record["inference"], record["training"]
+    plain, fast = inference["plain"], inference["fast"]
+    train_plain, train_opt = training["plain"], training["channels_last"]
+    checks = [v["check"] for v in list(inference.values()) + list(training.values()) if "check" in v]
+    status = "PASS" if all(c["passed"] for c in checks) else "FAIL"
+    lines.append(
+        f"{record['model']:8} {record['parameters']:>10,} {record['gflop_per_slice']:>8.2f} | "
+        f"{plain['seconds_per_volume']['min']:>8.2f} ({plain['seconds_per_volume']['median']:>6.2f}) "
+        f"{fast['seconds_per_volume']['min']:>10.2f} {fast['speedup_over_plain']:>5.2f} {fast['achieved_gflops']:>8.1f} "
+        f"{100 * fast['fraction_of_matmul']:>4.0f} {fast['slices_skipped']:>4} | "
+        f"{train_plain['slices_per_second']:>16.2f} {train_opt['slices_per_second']:>8.2f} {train_opt['speedup_over_plain']:>5.2f} | "
+        f"{plain['peak_memory_mb']:>7.0f}/{fast['peak_memory_mb']:<7.0f} {train_plain['peak_memory_mb']:>5.0f}/{train_opt['peak_memory_mb']:<5.0f} | "
+        f"{status} max|dp|={fast['check']['max_abs_difference']:.1e}"
+    )
+    for variant, values in list(inference.items()) + list(training.items()):
+        if "compile" in variant:
+            value = values["seconds_per_volume"]["min"] if "seconds_per_volume" in values else values["slices_per_second"]
+            lines.append(f"{'':8} {variant}: {value:.2f} ({'s/vol' if 'seconds_per_volume' in values else 'sl/s'}), "
+                         f"x{values['speedup_over_plain']:.2f}, compile+warm-up "
+                         f"{values.get('prepare_and_warmup_seconds', values.get('warmup_seconds', 0)):.0f} s")
+    for group in ("inference", "training"):
+        for variant, values in record[group].items():
+            check = values.get("check")
+            if check and not check["passed"]:
+                if "first_step_loss_difference" in check:
+                    detail = (f"first-step loss differs by {check['first_step_loss_difference']:.2e} "
+                              f"(allowed {check['allowed_difference']:.2e})")
+                else:
+                    detail = (f"max abs difference {check['max_abs_difference']:.2e} (allowed {check['allowed_difference']:.2e}), "
+                              f"{check['mask_voxels_different_on_skipped_slices']} mask voxels differ on skipped slices")
+                lines.append(f"{'':8} FAIL {group} {variant}: {detail}")
+    if BF16_VARIANTS["inference"] in inference:
+        bf16_inference, bf16_training = inference[BF16_VARIANTS["inference"]], training[BF16_VARIANTS["training"]]
+        lines.append(f"{'':8} optimised + bf16 autocast: {bf16_inference['seconds_per_volume']['min']:.2f} s/vol "
+                     f"(x{bf16_inference['speedup_over_plain']:.2f}, {bf16_inference['achieved_gflops']:.0f} GFLOP/s, "
+                     f"{100 * bf16_inference['fraction_of_matmul']:.0f}% of bf16 matmul, peak {bf16_inference['peak_memory_mb']:.0f} MB, "
+                     f"max|dp|={bf16_inference['check']['max_abs_difference']:.1e}, "
+                     f"{bf16_inference['check']['mask_voxels_different']} of {bf16_inference['check']['plain_mask_voxels']} "
+                     f"mask voxels differ, Dice {bf16_inference['check']['mask_dice']:.3f}), "
+                     f"training {bf16_training['slices_per_second']:.2f} sl/s (x{bf16_training['speedup_over_plain']:.2f}, "
+                     f"peak {bf16_training['peak_memory_mb']:.0f} MB, first-step loss "
+                     f"{100 * bf16_training['check']['first_step_loss_relative_difference']:.2f}% off)")
+    if "plain_default_heap" in inference:
+        heap_inference, heap_training = inference["plain_default_heap"], training["plain_default_heap"]
+        lines.append(f"{'':8} plain with glibc's default heap: {heap_inference['seconds_per_volume']['min']:.2f} s/vol "
+                     f"(optimised x{fast['speedup_over_plain_default_heap']:.2f}), "
+                     f"{heap_training['slices_per_second']:.2f} training sl/s (optimised x{train_opt['speedup_over_plain_default_heap']:.2f})")
+    if fast["skip_disabled"]:
+        lines.append(f"{'':8} skipping disabled: {fast['skip_disabled']}")
+    return lines
+
+
 def format_table(results: dict) -> str:
     """The human-readable summary printed at the end."""
     lines = [
@@ -664,55 +836,7 @@ def format_table(results: dict) -> str:
         f" | {'train plain sl/s':>16} {'opt sl/s':>8} {'x':>5} | {'peak MB inf p/f':>15} {'train p/o':>11} | check",
     ]
     for record in results["models"]:
-        inference, training = record["inference"], record["training"]
-        plain, fast = inference["plain"], inference["fast"]
-        train_plain, train_opt = training["plain"], training["channels_last"]
-        checks = [v["check"] for v in list(inference.values()) + list(training.values()) if "check" in v]
-        status = "PASS" if all(c["passed"] for c in checks) else "FAIL"
-        lines.append(
-            f"{record['model']:8} {record['parameters']:>10,} {record['gflop_per_slice']:>8.2f} | "
-            f"{plain['seconds_per_volume']['min']:>8.2f} ({plain['seconds_per_volume']['median']:>6.2f}) "
-            f"{fast['seconds_per_volume']['min']:>10.2f} {fast['speedup_over_plain']:>5.2f} {fast['achieved_gflops']:>8.1f} "
-            f"{100 * fast['fraction_of_matmul']:>4.0f} {fast['slices_skipped']:>4} | "
-            f"{train_plain['slices_per_second']:>16.2f} {train_opt['slices_per_second']:>8.2f} {train_opt['speedup_over_plain']:>5.2f} | "
-            f"{plain['peak_memory_mb']:>7.0f}/{fast['peak_memory_mb']:<7.0f} {train_plain['peak_memory_mb']:>5.0f}/{train_opt['peak_memory_mb']:<5.0f} | "
-            f"{status} max|dp|={fast['check']['max_abs_difference']:.1e}"
-        )
-        for variant, values in list(inference.items()) + list(training.items()):
-            if "compile" in variant:
-                value = values["seconds_per_volume"]["min"] if "seconds_per_volume" in values else values["slices_per_second"]
-                lines.append(f"{'':8} {variant}: {value:.2f} ({'s/vol' if 'seconds_per_volume' in values else 'sl/s'}), "
-                             f"x{values['speedup_over_plain']:.2f}, compile+warm-up "
-                             f"{values.get('prepare_and_warmup_seconds', values.get('warmup_seconds', 0)):.0f} s")
-        for group in ("inference", "training"):
-            for variant, values in record[group].items():
-                check = values.get("check")
-                if check and not check["passed"]:
-                    if "first_step_loss_difference" in check:
-                        detail = (f"first-step loss differs by {check['first_step_loss_difference']:.2e} "
-                                  f"(allowed {check['allowed_difference']:.2e})")
-                    else:
-                        detail = (f"max abs difference {check['max_abs_difference']:.2e} (allowed {check['allowed_difference']:.2e}), "
-                                  f"{check['mask_voxels_different_on_skipped_slices']} mask voxels differ on skipped slices")
-                    lines.append(f"{'':8} FAIL {group} {variant}: {detail}")
-        if BF16_VARIANTS["inference"] in inference:
-            bf16_inference, bf16_training = inference[BF16_VARIANTS["inference"]], training[BF16_VARIANTS["training"]]
-            lines.append(f"{'':8} optimised + bf16 autocast: {bf16_inference['seconds_per_volume']['min']:.2f} s/vol "
-                         f"(x{bf16_inference['speedup_over_plain']:.2f}, {bf16_inference['achieved_gflops']:.0f} GFLOP/s, "
-                         f"{100 * bf16_inference['fraction_of_matmul']:.0f}% of bf16 matmul, peak {bf16_inference['peak_memory_mb']:.0f} MB, "
-                         f"max|dp|={bf16_inference['check']['max_abs_difference']:.1e}, "
-                         f"{bf16_inference['check']['mask_voxels_different']} of {bf16_inference['check']['plain_mask_voxels']} "
-                         f"mask voxels differ, Dice {bf16_inference['check']['mask_dice']:.3f}), "
-                         f"training {bf16_training['slices_per_second']:.2f} sl/s (x{bf16_training['speedup_over_plain']:.2f}, "
-                         f"peak {bf16_training['peak_memory_mb']:.0f} MB, first-step loss "
-                         f"{100 * bf16_training['check']['first_step_loss_relative_difference']:.2f}% off)")
-        if "plain_default_heap" in inference:
-            heap_inference, heap_training = inference["plain_default_heap"], training["plain_default_heap"]
-            lines.append(f"{'':8} plain with glibc's default heap: {heap_inference['seconds_per_volume']['min']:.2f} s/vol "
-                         f"(optimised x{fast['speedup_over_plain_default_heap']:.2f}), "
-                         f"{heap_training['slices_per_second']:.2f} training sl/s (optimised x{train_opt['speedup_over_plain_default_heap']:.2f})")
-        if fast["skip_disabled"]:
-            lines.append(f"{'':8} skipping disabled: {fast['skip_disabled']}")
+        lines += format_model_lines(record)
     for name, reason in results["skipped_models"].items():
         lines.append(f"{name:8} skipped (does not import): {reason}")
     for name, reason in results["failed_models"].items():

@@ -68,6 +68,106 @@ def plot_bar_chart(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def limit_test_lists(test_scans: str, test_ground_truths: str, output: Path, max_test_subjects: int) -> tuple[str, str]:
+    """The test lists, or (``max_test_subjects`` > 0) copies of their first that many lines in ``output``."""
+    from spinseg.data.volumes import read_paired_lists
+    from spinseg.io.files import write_lines
+
+    if max_test_subjects <= 0:
+        return test_scans, test_ground_truths
+    scans, ground_truths = read_paired_lists(test_scans, test_ground_truths)
+    test_scans, test_ground_truths = str(output / "test_scans.txt"), str(output / "test_ground_truths.txt")
+    write_lines(test_scans, scans[:max_test_subjects])
+    write_lines(test_ground_truths, ground_truths[:max_test_subjects])
+    return test_scans, test_ground_truths
+
+
+def comparison_train_config(name: str, model_config: dict, train_scans: str, train_ground_truths: str, output: Path,
+                            max_steps: int, crop_shape: list[int], n_batch: int, seed: int, n_workers: int,
+                            device: str) -> TrainConfig:
+    """Model ``name``'s recipe with the comparison's shared data, budget and seed (no validation,
+    one checkpoint at the end)."""
+    model_recipe = recipe(name)
+    return replace(
+        TrainConfig(),
+        **model_recipe.train,
+        train_multimodal_scan_paths=train_scans,
+        train_ground_truth_path=train_ground_truths,
+        model_name=name,
+        model_config=json.dumps(model_config) if model_config else "",
+        n_chunk=model_recipe.n_chunk,
+        n_batch=n_batch,
+        crop_shape=list(crop_shape),
+        max_steps=max_steps,
+        n_summary=max(1, max_steps // 10),
+        n_checkpoint=max_steps,
+        n_validation=0,
+        checkpoint_path=str(output / "models" / name),
+        n_workers=n_workers,
+        seed=seed,
+        device=device,
+    )
+
+
+def train_and_evaluate(name: str, model_config: dict, train_config: TrainConfig, test_scans: str,
+                       test_ground_truths: str, output: Path, device: str) -> tuple[dict, list[dict]]:
+    """Trains one model, evaluates its last checkpoint; returns (its comparison row, its per-subject records)."""
+    from spinseg.evaluation.evaluator import evaluate
+    from spinseg.models import build_model
+    from spinseg.training.trainer import train
+
+    model_recipe = recipe(name)
+    print(f"== {model_recipe.display_name}: {model_recipe.note}", flush=True)
+    started = time.time()
+    summary = train(train_config)
+    train_seconds = time.time() - started
+    result = evaluate(
+        EvaluateConfig(
+            multimodal_scan_paths=test_scans,
+            ground_truth_path=test_ground_truths,
+            model_name=name,
+            model_config=train_config.model_config,
+            restore_path=summary["checkpoint"],
+            n_chunk=model_recipe.n_chunk,
+            output_path=str(output / "evaluations" / name),
+            method_name=model_recipe.display_name,
+            device=device,
+            **model_recipe.normalization(),
+        )
+    )
+    parameters = sum(p.numel() for p in build_model(name, input_channels=model_recipe.n_chunk, **model_config).parameters())
+    row = {
+        "model": name,
+        "display_name": model_recipe.display_name,
+        "recipe_note": model_recipe.note,
+        "table2": result["table2"],
+        "table3": result["table3"],
+        "parameters": parameters,
+        "seconds_per_volume": result["seconds"] / max(len(result["records"]), 1),
+        "train_steps": summary["steps"],
+        "train_seconds": train_seconds,
+    }
+    return row, result["records"]
+
+
+def write_comparison(rows: list[dict], records_by_model: dict[str, list[dict]], output: Path, max_steps: int,
+                     n_batch: int, crop_shape: list[int]) -> str:
+    """Writes comparison.md / .json, the bar chart and the detection-vs-size plot; returns the markdown table."""
+    table = comparison_markdown(rows)
+    notes = "\n".join(f"- {row['display_name']}: {row['recipe_note']}" for row in rows)
+    text = (
+        f"# Model comparison\n\nSame training lists, {max_steps} steps of batch {n_batch} on {crop_shape} crops each, "
+        f"same test lists. Table 2 columns: per-subject 3-D metrics averaged over subjects; 'Small' columns: "
+        f"Table 3, pooled over small-lesion slices.\n\n{table}\n\nRecipes:\n{notes}\n\n"
+        f"![bar chart](comparison_bar_chart.png)\n\n![detection vs size](detection_vs_size.png)\n"
+    )
+    write_text(output / "comparison.md", text)
+    write_json(output / "comparison.json", rows)
+    plot_bar_chart(rows, output / "comparison_bar_chart.png")
+    reporting.plot_detection_vs_size(records_by_model, output / "detection_vs_size.png")
+    return table
+
+
 def compare(
     models: list[str],
     train_scans: str,
@@ -88,84 +188,16 @@ def compare(
 
     ``max_test_subjects`` > 0 evaluates on the first that many test subjects only (CPU budgets).
     """
-    from spinseg.data.volumes import read_paired_lists
-    from spinseg.evaluation.evaluator import evaluate
-    from spinseg.io.files import write_lines
-    from spinseg.models import build_model
-    from spinseg.training.trainer import train
-
     output = Path(output_dir)
-    if max_test_subjects > 0:
-        scans, ground_truths = read_paired_lists(test_scans, test_ground_truths)
-        test_scans, test_ground_truths = str(output / "test_scans.txt"), str(output / "test_ground_truths.txt")
-        write_lines(test_scans, scans[:max_test_subjects])
-        write_lines(test_ground_truths, ground_truths[:max_test_subjects])
+    test_scans, test_ground_truths = limit_test_lists(test_scans, test_ground_truths, output, max_test_subjects)
     rows, records_by_model = [], {}
     for name in models:
-        model_recipe = recipe(name)
-        model_config = {**model_recipe.model_config, **(model_overrides or {}).get(name, {})}
-        train_config = replace(
-            TrainConfig(),
-            **model_recipe.train,
-            train_multimodal_scan_paths=train_scans,
-            train_ground_truth_path=train_ground_truths,
-            model_name=name,
-            model_config=json.dumps(model_config) if model_config else "",
-            n_chunk=model_recipe.n_chunk,
-            n_batch=n_batch,
-            crop_shape=list(crop_shape),
-            max_steps=max_steps,
-            n_summary=max(1, max_steps // 10),
-            n_checkpoint=max_steps,
-            n_validation=0,
-            checkpoint_path=str(output / "models" / name),
-            n_workers=n_workers,
-            seed=seed,
-            device=device,
-        )
-        print(f"== {model_recipe.display_name}: {model_recipe.note}", flush=True)
-        started = time.time()
-        summary = train(train_config)
-        train_seconds = time.time() - started
-        result = evaluate(
-            EvaluateConfig(
-                multimodal_scan_paths=test_scans,
-                ground_truth_path=test_ground_truths,
-                model_name=name,
-                model_config=train_config.model_config,
-                restore_path=summary["checkpoint"],
-                n_chunk=model_recipe.n_chunk,
-                output_path=str(output / "evaluations" / name),
-                method_name=model_recipe.display_name,
-                device=device,
-                **model_recipe.normalization(),
-            )
-        )
-        parameters = sum(p.numel() for p in build_model(name, input_channels=model_recipe.n_chunk, **model_config).parameters())
-        rows.append({
-            "model": name,
-            "display_name": model_recipe.display_name,
-            "recipe_note": model_recipe.note,
-            "table2": result["table2"],
-            "table3": result["table3"],
-            "parameters": parameters,
-            "seconds_per_volume": result["seconds"] / max(len(result["records"]), 1),
-            "train_steps": summary["steps"],
-            "train_seconds": train_seconds,
-        })
-        records_by_model[model_recipe.display_name] = result["records"]
-
-    table = comparison_markdown(rows)
-    notes = "\n".join(f"- {row['display_name']}: {row['recipe_note']}" for row in rows)
-    text = (
-        f"# Model comparison\n\nSame training lists, {max_steps} steps of batch {n_batch} on {crop_shape} crops each, "
-        f"same test lists. Table 2 columns: per-subject 3-D metrics averaged over subjects; 'Small' columns: "
-        f"Table 3, pooled over small-lesion slices.\n\n{table}\n\nRecipes:\n{notes}\n\n"
-        f"![bar chart](comparison_bar_chart.png)\n\n![detection vs size](detection_vs_size.png)\n"
-    )
-    write_text(output / "comparison.md", text)
-    write_json(output / "comparison.json", rows)
-    plot_bar_chart(rows, output / "comparison_bar_chart.png")
-    reporting.plot_detection_vs_size(records_by_model, output / "detection_vs_size.png")
+        model_config = {**recipe(name).model_config, **(model_overrides or {}).get(name, {})}
+        train_config = comparison_train_config(name, model_config, train_scans, train_ground_truths, output, max_steps,
+                                               crop_shape, n_batch, seed, n_workers, device)
+        row, records = train_and_evaluate(name, model_config, train_config, test_scans, test_ground_truths, output, device)
+        rows.append(row)
+        records_by_model[row["display_name"]] = records
+    table = write_comparison(rows, records_by_model, output, max_steps, n_batch, crop_shape)
     print("\n" + table + f"\n\nwrote {output / 'comparison.md'}", flush=True)
     return rows

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from spinseg.acceleration.inference import predict_volume_fast, prepare_inference_model
 from spinseg.acceleration.training import prepare_training_model
@@ -121,21 +122,60 @@ def image_grid(images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor
     return rows.repeat(1, 3, 1, 1).clamp(0, 1)
 
 
-def train(config: TrainConfig) -> dict:
-    """Trains ``config.model_name`` and returns a summary (steps, final loss, best validation metrics).
+class TrainingInputs(NamedTuple):
+    """The checked input lists of a run: training pairs, optional validation pairs, and their kind."""
 
-    Writes checkpoints (atomically) and tensorboard logs under ``config.checkpoint_path``.
-    """
-    validate_train_config(config)
-    context: DistributedContext = init_distributed(config.device)
-    device = select_device(config.device, context.local_rank)
-    if config.n_thread > 0:
-        torch.set_num_threads(config.n_thread)
-    seed_everything(config.seed, config.deterministic)
+    scan_paths: list[str]
+    ground_truth_paths: list[str]
+    two_dimensional: bool  # GLaS / RITE: RGB images (H, W, 3) with (H, W) masks instead of 3-D volumes
+    first_shape: tuple
+    validation_lists: tuple[list[str], list[str]] | None
 
-    # Every input is checked before anything is written, so bad input leaves nothing half-written.
+
+@dataclass
+class TrainingData:
+    """What the loop reads: the dataset, its resumable sampler, and the loader over both."""
+
+    dataset: Dataset
+    sampler: ResumableDistributedSampler
+    loader: DataLoader
+    loader_generator: torch.Generator  # re-seeded every epoch (see build_training_data)
+    per_process_batch: int
+    steps_per_epoch: int
+
+
+@dataclass
+class TrainingRun:
+    """Everything :func:`train` builds, and the state (step, best validation, last loss) its loop advances."""
+
+    config: TrainConfig
+    context: DistributedContext
+    device: torch.device
+    model: torch.nn.Module  # the network itself: what is saved and validated
+    forward_model: torch.nn.Module  # what a step calls: the model, or its DDP / compiled wrapper
+    optimizer: torch.optim.Optimizer
+    data: TrainingData
+    normalization: Normalization
+    validation_lists: tuple[list[str], list[str]] | None
+    checkpoint_dir: Path
+    checkpoint_bytes: int
+    total_steps: int
+    loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets) -> scalar
+    step: int = 0
+    best: dict = field(default_factory=lambda: {"dice": -1.0, "step": 0})
+    loss: float = float("nan")
+    writer: Any = None  # tensorboard SummaryWriter, main process only
+
+
+# ----------------------------------------------------------------------------------------------
+# Build: inputs, model, optimizer, restored state, data.
+# ----------------------------------------------------------------------------------------------
+
+
+def read_training_inputs(config: TrainConfig) -> TrainingInputs:
+    """Reads and checks the training (and validation) lists before anything is written,
+    so bad input leaves nothing half-written."""
     scan_paths, ground_truth_paths = read_paired_lists(config.train_multimodal_scan_paths, config.train_ground_truth_path)
-    # GLaS / RITE: RGB images (H, W, 3) with (H, W) masks instead of 3-D volumes.
     two_dimensional = is_rgb_image_file(scan_paths[0])
     first_shape = check_volume_pairs(scan_paths, ground_truth_paths, two_dimensional)
     validation_lists = None
@@ -143,19 +183,14 @@ def train(config: TrainConfig) -> dict:
         validation_lists = read_paired_lists(config.val_multimodal_scan_paths, config.val_ground_truth_path)
         if not two_dimensional:  # 2-D validation may score against original-size masks
             check_volume_pairs(*validation_lists)
-    normalization = Normalization(config.dataset_normalization, config.dataset_means, config.dataset_stddevs)
+    return TrainingInputs(scan_paths, ground_truth_paths, two_dimensional, first_shape, validation_lists)
 
-    checkpoint_dir = Path(config.checkpoint_path)
-    channels_per_slice = 3 if two_dimensional else 1
-    model_config = model_input_config(config.model_name, config.n_chunk, channels_per_slice, parse_model_config(config.model_config))
-    model = build_model(config.model_name, **model_config)
-    model.preprocessing = preprocessing_record(config)  # saved in every checkpoint: evaluate/predict need no flags
-    # Loss and optimiser by name: SPiN's (cross_entropy, adam) or a baseline's release recipe.
-    optimizer = build_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad],
-                                config.learning_rates[0], config.w_weight_decay)
-    segmentation_loss = build_loss(config.loss_func_segmentation, config.w_positive_class)
-    step, best, resumed_loss = 0, {"dice": -1.0, "step": 0}, float("nan")
 
+def restore_training_state(config: TrainConfig, checkpoint_dir: Path, model: torch.nn.Module, model_config: dict,
+                           optimizer: torch.optim.Optimizer) -> tuple[int, dict, float]:
+    """Loads ``--restore_path`` (or, with ``--resume``, the run's latest complete checkpoint) into
+    ``model`` and ``optimizer`` and restores the RNGs; returns (step, best validation, last loss)."""
+    step, best, loss = 0, {"dice": -1.0, "step": 0}, float("nan")
     restore, checkpoint = config.restore_path, None
     if config.resume and not restore:
         remove_stale_temporaries(checkpoint_dir / "checkpoints")
@@ -164,47 +199,51 @@ def train(config: TrainConfig) -> dict:
             restore, checkpoint = found
             check_resume_config(restore, checkpoint.get("train_config", {}), config)
             print(f"resuming from {restore}", flush=True)
-    if restore and is_hdf5_file(restore):  # the authors' Keras weights: no optimizer or training state
+    if not restore:
+        return step, best, loss
+    if is_hdf5_file(restore):  # the authors' Keras weights: no optimizer or training state
         checkpoint, loaded = {}, load_model(restore, config.model_name, **model_config)
-    elif restore:
+    else:
         checkpoint = checkpoint if checkpoint is not None else read_checkpoint(restore)
         loaded = model_from_checkpoint(checkpoint, restore, config.model_name, **model_config)
-    if restore:
-        # Strict, one-line check: a checkpoint of another configuration names the keys that differ.
-        load_state_dict_checked(model, loaded.state_dict(), restore, f"model {config.model_name!r} as configured")
-        if "optimizer_state_dict" in checkpoint:
-            try:
-                optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-            except (ValueError, KeyError) as error:
-                raise fail(restore, f"optimizer state does not fit this model ({error})") from None
-        train_state = checkpoint.get("train_state", {})
-        step = int(train_state.get("step", checkpoint.get("train_step", 0)))
-        best = train_state.get("best", best)
-        resumed_loss = float(train_state.get("loss", float("nan")))
-        if "rng_state" in checkpoint:
-            set_rng_state(checkpoint["rng_state"])
+    # Strict, one-line check: a checkpoint of another configuration names the keys that differ.
+    load_state_dict_checked(model, loaded.state_dict(), restore, f"model {config.model_name!r} as configured")
+    if "optimizer_state_dict" in checkpoint:
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        except (ValueError, KeyError) as error:
+            raise fail(restore, f"optimizer state does not fit this model ({error})") from None
+    train_state = checkpoint.get("train_state", {})
+    step = int(train_state.get("step", checkpoint.get("train_step", 0)))
+    best = train_state.get("best", best)
+    loss = float(train_state.get("loss", float("nan")))
+    if "rng_state" in checkpoint:
+        set_rng_state(checkpoint["rng_state"])
+    return step, best, loss
 
-    model.to(device)
-    # Channels-last layout, exact CPU batch statistics, in-place block activations (spinseg.fast_training).
-    prepare_training_model(model, device, channels_last=config.channels_last)
-    # Weights + Adam's two moments (+ buffers, small): roughly what one checkpoint takes on disk.
-    checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
-    if context.is_main:
-        check_writable(checkpoint_dir / "checkpoints", checkpoint_bytes)
+
+def wrap_for_training(model: torch.nn.Module, config: TrainConfig, context: DistributedContext,
+                      device: torch.device) -> torch.nn.Module:
+    """What a training step calls: ``model`` itself, in DistributedDataParallel under torchrun,
+    compiled with ``--compile``. The returned module shares ``model``'s parameters."""
     train_model = model
     if context.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    forward_model = torch.compile(train_model) if config.compile else train_model
+    return torch.compile(train_model) if config.compile else train_model
 
+
+def build_training_data(config: TrainConfig, context: DistributedContext, device: torch.device,
+                        inputs: TrainingInputs, normalization: Normalization) -> TrainingData:
+    """The slice (or 2-D image) dataset, this process's shard of it, and the loader of its batches."""
     if config.n_batch % context.world_size:
         raise UserInputError(f"--n_batch {config.n_batch} must be divisible by the {context.world_size} processes")
     per_process_batch = config.n_batch // context.world_size
-    dataset_class = ImageTrainingDataset if two_dimensional else SliceTrainingDataset
+    dataset_class = ImageTrainingDataset if inputs.two_dimensional else SliceTrainingDataset
     dataset = dataset_class(
-        scan_paths,
-        ground_truth_paths,
+        inputs.scan_paths,
+        inputs.ground_truth_paths,
         n_chunk=config.n_chunk,
         normalization=normalization,
         augmentation=AugmentationConfig(
@@ -236,124 +275,240 @@ def train(config: TrainConfig) -> dict:
         drop_last=drop_last,
     )
     steps_per_epoch = (sampler.num_samples // per_process_batch) if drop_last else math.ceil(sampler.num_samples / per_process_batch)
-    n_epochs = config.learning_schedule[-1]
-    total_steps = n_epochs * steps_per_epoch
+    return TrainingData(dataset, sampler, loader, loader_generator, per_process_batch, steps_per_epoch)
+
+
+def build_run(config: TrainConfig) -> TrainingRun:
+    """Checks the inputs, then builds (or restores) the model, optimizer and data of a run, in an
+    order that keeps every random draw where a resumed run expects it."""
+    validate_train_config(config)
+    context: DistributedContext = init_distributed(config.device)
+    device = select_device(config.device, context.local_rank)
+    if config.n_thread > 0:
+        torch.set_num_threads(config.n_thread)
+    seed_everything(config.seed, config.deterministic)
+    inputs = read_training_inputs(config)
+    normalization = Normalization(config.dataset_normalization, config.dataset_means, config.dataset_stddevs)
+
+    checkpoint_dir = Path(config.checkpoint_path)
+    channels_per_slice = 3 if inputs.two_dimensional else 1
+    model_config = model_input_config(config.model_name, config.n_chunk, channels_per_slice, parse_model_config(config.model_config))
+    model = build_model(config.model_name, **model_config)
+    model.preprocessing = preprocessing_record(config)  # saved in every checkpoint: evaluate/predict need no flags
+    # Loss and optimiser by name: SPiN's (cross_entropy, adam) or a baseline's release recipe.
+    optimizer = build_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad],
+                                config.learning_rates[0], config.w_weight_decay)
+    step, best, loss = restore_training_state(config, checkpoint_dir, model, model_config, optimizer)
+
+    model.to(device)
+    # Channels-last layout, exact CPU batch statistics, in-place block activations (spinseg.acceleration.training).
+    prepare_training_model(model, device, channels_last=config.channels_last)
+    # Weights + Adam's two moments (+ buffers, small): roughly what one checkpoint takes on disk.
+    checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    if context.is_main:
+        check_writable(checkpoint_dir / "checkpoints", checkpoint_bytes)
+    forward_model = wrap_for_training(model, config, context, device)
+
+    data = build_training_data(config, context, device, inputs, normalization)
+    total_steps = config.learning_schedule[-1] * data.steps_per_epoch
     if config.max_steps > 0:
         total_steps = min(total_steps, config.max_steps)
-
-    writer = None
+    run = TrainingRun(config, context, device, model, forward_model, optimizer, data, normalization,
+                      inputs.validation_lists, checkpoint_dir, checkpoint_bytes, total_steps,
+                      build_loss(config.loss_func_segmentation, config.w_positive_class), step=step, best=best, loss=loss)
     if context.is_main:
-        from torch.utils.tensorboard import SummaryWriter
+        open_log(run, inputs.first_shape, model_config)
+    return run
 
-        writer = SummaryWriter(str(checkpoint_dir / "tensorboard"), purge_step=step + 1 if step else None)
-        write_json(checkpoint_dir / "config.json", {**asdict(config), "model_config": model_config})
-        print(
-            f"training {config.model_name} ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}, "
-            f"{len(dataset)} volumes of shape {first_shape}, {steps_per_epoch} steps per epoch, "
-            f"{total_steps} steps, effective batch {config.n_batch} ({context.world_size} process(es))",
-            flush=True,
-        )
-        if config.amp and not native_bf16(device):
-            warn(f"--amp: {device} has no bf16 arithmetic units (AVX512-BF16 / AMX on CPUs), so bf16 is emulated "
-                 "and slower than fp32 here")
 
-    def save(current_step: int, loss_value: float) -> None:
-        # A disk that filled up during training stops the run here, before a write could fail
-        # half-way; either way the previous checkpoints are never touched (each step has its own file).
-        check_free_space(checkpoint_dir / "checkpoints", checkpoint_bytes)
-        save_checkpoint(
-            checkpoint_dir / "checkpoints" / CHECKPOINT_PATTERN.format(step=current_step),
-            model,
-            optimizer_state_dict=optimizer.state_dict(),
-            train_state={"step": current_step, "epoch": current_step // steps_per_epoch, "best": best, "loss": loss_value},
-            rng_state=rng_state(),
-            train_config=asdict(config),
-        )
+def open_log(run: TrainingRun, first_shape: tuple, model_config: dict) -> None:
+    """Main process: opens the tensorboard writer, writes config.json and prints what will run."""
+    from torch.utils.tensorboard import SummaryWriter
 
-    def run_validation(current_step: int) -> None:
-        nonlocal best
-        if validation_lists is None or not context.is_main:
-            return
-        metrics = validate(model, *validation_lists, config, normalization, device)
-        model.train()
-        for name, value in metrics.items():
-            writer.add_scalar(f"validation/{name}", value, current_step)
-        improved = metrics["dice"] > best["dice"]
-        if improved:
-            best = {**metrics, "step": current_step}
-            save_checkpoint(checkpoint_dir / "best.pth", model, train_state={"step": current_step, "best": best})
-        print(
-            f"step {current_step}: validation " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-            + ("  (best so far)" if improved else f"  (best {best['dice']:.4f} at step {best['step']})"),
-            flush=True,
-        )
+    config, device = run.config, run.device
+    run.writer = SummaryWriter(str(run.checkpoint_dir / "tensorboard"), purge_step=run.step + 1 if run.step else None)
+    write_json(run.checkpoint_dir / "config.json", {**asdict(config), "model_config": model_config})
+    print(
+        f"training {config.model_name} ({sum(p.numel() for p in run.model.parameters()):,} parameters) on {device}, "
+        f"{len(run.data.dataset)} volumes of shape {first_shape}, {run.data.steps_per_epoch} steps per epoch, "
+        f"{run.total_steps} steps, effective batch {config.n_batch} ({run.context.world_size} process(es))",
+        flush=True,
+    )
+    if config.amp and not native_bf16(device):
+        warn(f"--amp: {device} has no bf16 arithmetic units (AVX512-BF16 / AMX on CPUs), so bf16 is emulated "
+             "and slower than fp32 here")
 
-    progress = progress_bar(total=total_steps, initial=step, enabled=context.is_main, desc="train", dynamic_ncols=True)
-    model.train()
-    loss_value, start_time, start_step = resumed_loss, time.time(), step
-    while step < total_steps:
-        epoch = step // steps_per_epoch
-        sampler.set_epoch(epoch)
-        sampler.skip = (step - epoch * steps_per_epoch) * per_process_batch
-        dataset.set_epoch(epoch)
-        loader_generator.manual_seed(config.seed * 1_000_003 + epoch)
-        dataset.augmentation_probability = schedule_value(config.augmentation_probabilities, config.augmentation_schedule, epoch)
-        dataset.positive_class_sample_rate = schedule_value(
-            config.positive_class_sample_rates, config.positive_class_sample_schedule, epoch
-        )
-        learning_rate = schedule_value(config.learning_rates, config.learning_schedule, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate
-        for images, targets in loader:
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            if config.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-                logits = forward_model(images)
-            loss = segmentation_loss(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise RuntimeError(f"training diverged at step {step}: loss {loss_value}")
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{learning_rate:.1e}", epoch=epoch)
-            if context.is_main and (step % config.n_summary == 0 or step == 1):
-                writer.add_scalar("train/loss", loss_value, step)
-                writer.add_scalar("train/learning_rate", learning_rate, step)
-                writer.add_scalar("train/augmentation_probability", dataset.augmentation_probability, step)
-                writer.add_images("train/scan_groundtruth_prediction", image_grid(images, targets, logits.detach()), step)
-            # Validation first, so the checkpoint of this step already holds its "best": a run
-            # resumed from it then neither repeats nor loses that validation.
-            if config.n_validation and step % config.n_validation == 0 and step < total_steps:
-                run_validation(step)
-            if context.is_main and step % config.n_checkpoint == 0 and step < total_steps:
-                save(step, loss_value)
-            if context.enabled:
-                dist.barrier()
-            if step >= total_steps:
-                break
-    progress.close()
 
-    if context.is_main:
-        run_validation(step)
-        save(step, loss_value)
-        writer.flush()
-        writer.close()
-    if context.enabled:
+# ----------------------------------------------------------------------------------------------
+# Step and epoch.
+# ----------------------------------------------------------------------------------------------
+
+
+def batch_to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device,
+                    channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) images and (B, 1, H, W) targets on ``device``; images channels-last if asked."""
+    images = images.to(device, non_blocking=True)
+    targets = targets.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets
+
+
+def training_step(forward_model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                  targets: torch.Tensor, loss_function, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on one batch: images (B, C, H, W) and targets (B, 1, H, W) on the model's device.
+
+    The forward pass runs under bf16 autocast with ``amp``; the loss (the recipe's, e.g. SPiN's weighted
+    binary cross-entropy) is taken in fp32. Returns (the loss before the step (), the logits (B, 1, H, W)).
+    """
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = forward_model(images)
+    loss = loss_function(logits.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
+def start_epoch(run: TrainingRun, epoch: int) -> float:
+    """Positions the sampler (mid-epoch after a resume), seeds the epoch's augmentation and loader,
+    and applies the epoch's schedules; returns its learning rate."""
+    config, data = run.config, run.data
+    data.sampler.set_epoch(epoch)
+    data.sampler.skip = (run.step - epoch * data.steps_per_epoch) * data.per_process_batch
+    data.dataset.set_epoch(epoch)
+    data.loader_generator.manual_seed(config.seed * 1_000_003 + epoch)
+    data.dataset.augmentation_probability = schedule_value(config.augmentation_probabilities, config.augmentation_schedule, epoch)
+    data.dataset.positive_class_sample_rate = schedule_value(
+        config.positive_class_sample_rates, config.positive_class_sample_schedule, epoch
+    )
+    learning_rate = schedule_value(config.learning_rates, config.learning_schedule, epoch)
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate
+    return learning_rate
+
+
+def log_step(run: TrainingRun, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, learning_rate: float) -> None:
+    """Main process, every ``--n_summary`` steps (and the first): loss, schedules and an image grid to tensorboard."""
+    if not run.context.is_main or not (run.step % run.config.n_summary == 0 or run.step == 1):
+        return
+    run.writer.add_scalar("train/loss", run.loss, run.step)
+    run.writer.add_scalar("train/learning_rate", learning_rate, run.step)
+    run.writer.add_scalar("train/augmentation_probability", run.data.dataset.augmentation_probability, run.step)
+    run.writer.add_images("train/scan_groundtruth_prediction", image_grid(images, targets, logits.detach()), run.step)
+
+
+def after_step(run: TrainingRun) -> None:
+    """Validation and checkpoint when due (not at the last step: :func:`finish_run` does those), then
+    the processes wait for each other."""
+    config = run.config
+    # Validation first, so the checkpoint of this step already holds its "best": a run
+    # resumed from it then neither repeats nor loses that validation.
+    if config.n_validation and run.step % config.n_validation == 0 and run.step < run.total_steps:
+        validate_and_keep_best(run)
+    if run.context.is_main and run.step % config.n_checkpoint == 0 and run.step < run.total_steps:
+        save_step_checkpoint(run)
+    if run.context.enabled:
         dist.barrier()
+
+
+def train_epoch(run: TrainingRun, progress) -> None:
+    """Runs the rest of the current epoch (all of it, or what a resume left), or up to the last step."""
+    epoch = run.step // run.data.steps_per_epoch
+    learning_rate = start_epoch(run, epoch)
+    for images, targets in run.data.loader:
+        images, targets = batch_to_device(images, targets, run.device, run.config.channels_last)
+        loss, logits = training_step(run.forward_model, run.optimizer, images, targets, run.loss_function, run.config.amp)
+        run.step += 1
+        run.loss = loss.item()
+        if not math.isfinite(run.loss):
+            raise RuntimeError(f"training diverged at step {run.step}: loss {run.loss}")
+        progress.update(1)
+        progress.set_postfix(loss=f"{run.loss:.4f}", lr=f"{learning_rate:.1e}", epoch=epoch)
+        log_step(run, images, targets, logits, learning_rate)
+        after_step(run)
+        if run.step >= run.total_steps:
+            break
+
+
+# ----------------------------------------------------------------------------------------------
+# Validate and save.
+# ----------------------------------------------------------------------------------------------
+
+
+def validate_and_keep_best(run: TrainingRun) -> None:
+    """Main process with validation lists: validates, logs, and saves ``best.pth`` when Dice improved."""
+    if run.validation_lists is None or not run.context.is_main:
+        return
+    metrics = validate(run.model, *run.validation_lists, run.config, run.normalization, run.device)
+    run.model.train()
+    for name, value in metrics.items():
+        run.writer.add_scalar(f"validation/{name}", value, run.step)
+    improved = metrics["dice"] > run.best["dice"]
+    if improved:
+        run.best = {**metrics, "step": run.step}
+        save_checkpoint(run.checkpoint_dir / "best.pth", run.model, train_state={"step": run.step, "best": run.best})
+    print(
+        f"step {run.step}: validation " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        + ("  (best so far)" if improved else f"  (best {run.best['dice']:.4f} at step {run.best['step']})"),
+        flush=True,
+    )
+
+
+def save_step_checkpoint(run: TrainingRun) -> Path:
+    """Writes this step's checkpoint (weights, optimizer, train state, RNGs, config); returns its path."""
+    # A disk that filled up during training stops the run here, before a write could fail
+    # half-way; either way the previous checkpoints are never touched (each step has its own file).
+    check_free_space(run.checkpoint_dir / "checkpoints", run.checkpoint_bytes)
+    path = step_checkpoint_path(run)
+    save_checkpoint(
+        path,
+        run.model,
+        optimizer_state_dict=run.optimizer.state_dict(),
+        train_state={"step": run.step, "epoch": run.step // run.data.steps_per_epoch, "best": run.best, "loss": run.loss},
+        rng_state=rng_state(),
+        train_config=asdict(run.config),
+    )
+    return path
+
+
+def step_checkpoint_path(run: TrainingRun) -> Path:
+    """``<checkpoint_path>/checkpoints/model-<step>.pth`` of the run's current step."""
+    return run.checkpoint_dir / "checkpoints" / CHECKPOINT_PATTERN.format(step=run.step)
+
+
+def finish_run(run: TrainingRun) -> None:
+    """Last validation and checkpoint (main process), then the processes wait for each other."""
+    if run.context.is_main:
+        validate_and_keep_best(run)
+        save_step_checkpoint(run)
+        run.writer.flush()
+        run.writer.close()
+    if run.context.enabled:
+        dist.barrier()
+
+
+def train(config: TrainConfig) -> dict:
+    """Trains ``config.model_name`` and returns a summary (steps, final loss, best validation metrics).
+
+    Writes checkpoints (atomically) and tensorboard logs under ``config.checkpoint_path``.
+    """
+    run = build_run(config)
+    progress = progress_bar(total=run.total_steps, initial=run.step, enabled=run.context.is_main, desc="train", dynamic_ncols=True)
+    run.model.train()
+    start_time, start_step = time.time(), run.step
+    while run.step < run.total_steps:
+        train_epoch(run, progress)
+    progress.close()
+    finish_run(run)
     seconds = time.time() - start_time
-    summary = {
-        "steps": step,
-        "final_loss": loss_value,
-        "best": best,
+    if run.context.is_main:
+        print(f"done: {run.step} steps in {seconds:.0f} s, last loss {run.loss:.4f}; checkpoints in {run.checkpoint_dir}", flush=True)
+    return {
+        "steps": run.step,
+        "final_loss": run.loss,
+        "best": run.best,
         "seconds": seconds,
-        "steps_per_second": (step - start_step) / max(seconds, 1e-9),
-        "checkpoint": str(checkpoint_dir / "checkpoints" / CHECKPOINT_PATTERN.format(step=step)),
+        "steps_per_second": (run.step - start_step) / max(seconds, 1e-9),
+        "checkpoint": str(step_checkpoint_path(run)),
     }
-    if context.is_main:
-        print(f"done: {step} steps in {seconds:.0f} s, last loss {loss_value:.4f}; checkpoints in {checkpoint_dir}", flush=True)
-    return summary
