@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from spinseg.data.splits import write_split  # noqa: E402
+from spinseg.datasets.splits import write_split  # noqa: E402
 from spinseg.errors import UserInputError, cli_entry, fail  # noqa: E402
 from spinseg.fileio import read_lines  # noqa: E402
 

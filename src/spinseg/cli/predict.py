@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from spinseg.errors import UserInputError, cli_entry, fail
+from spinseg.recipes.config import check_numeric_flags
 from spinseg.inference.scan import (
     collect_inputs,
     default_normalization,
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the model as loaded, not the prepared one (batch norm folded, channels-last)")
     parser.add_argument("--save_probability", action="store_true", help="also write <name>_lesion_prob.nii.gz")
     parser.add_argument("--threshold", type=float, default=0.5, help="mask = probability > threshold")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs that already exist (default: refuse before any work; inputs are never overwritten)")
     return parser
 
 
@@ -39,11 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Segments the scans; bad input ends with one line per problem and exit code 2."""
     arguments = build_parser().parse_args(argv)
-    if not 0.0 < arguments.threshold < 1.0:
-        raise UserInputError(f"--threshold {arguments.threshold}: must be between 0 and 1")
-    if arguments.batch_size < 1:
-        raise UserInputError(f"--batch_size {arguments.batch_size}: must be at least 1")
-    if arguments.n_chunk is not None and (arguments.n_chunk < 1 or arguments.n_chunk % 2 == 0):
+    # Issue 16: the numbers are range-checked by the one table every command uses.
+    check_numeric_flags({"threshold": arguments.threshold, "batch_size": arguments.batch_size, "n_chunk": arguments.n_chunk})
+    if arguments.n_chunk is not None and arguments.n_chunk % 2 == 0:
         raise UserInputError(f"--n_chunk {arguments.n_chunk}: must be a positive odd number (slices centred on the one predicted)")
     output_dir = Path(arguments.output)
     if output_dir.exists() and not output_dir.is_dir():
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = run_predict(
         model, inputs, output_dir, n_chunk, default_normalization(arguments.model), arguments.threshold,
         arguments.batch_size, device, arguments.test_time_flip, arguments.amp, arguments.save_probability,
-        report_extra={"model": arguments.model, "checkpoint": str(arguments.checkpoint)},
+        report_extra={"model": arguments.model, "checkpoint": str(arguments.checkpoint)}, overwrite=arguments.overwrite,
     )
     return 2 if errors else 0
 

@@ -46,10 +46,13 @@ from spinseg.training.run_folder import (
     check_free_space,
     check_writable,
     latest_complete_checkpoint,
+    lock_run_folder,
     remove_stale_temporaries,
+    unlock_run_folder,
 )
 from spinseg.training.runtime import (
     DistributedContext,
+    ignore_interrupt_in_worker,
     init_distributed,
     native_bf16,
     rng_state,
@@ -151,6 +154,8 @@ def train(config: TrainConfig) -> dict:
     step, best, resumed_loss = 0, {"dice": -1.0, "step": 0}, float("nan")
 
     restore, checkpoint = config.restore_path, None
+    if context.is_main and checkpoint_dir.is_dir():
+        lock_run_folder(checkpoint_dir)  # issue 16: before a resume cleans or reads the folder
     if config.resume and not restore:
         remove_stale_temporaries(checkpoint_dir / "checkpoints")
         found = latest_complete_checkpoint(checkpoint_dir / "checkpoints")
@@ -182,6 +187,7 @@ def train(config: TrainConfig) -> dict:
     checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     if context.is_main:
         check_writable(checkpoint_dir / "checkpoints", checkpoint_bytes)
+        lock_run_folder(checkpoint_dir)  # issue 16: a second trainer on this folder stops with one line
     train_model = model
     if context.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -225,6 +231,7 @@ def train(config: TrainConfig) -> dict:
         persistent_workers=False,
         generator=loader_generator,
         drop_last=drop_last,
+        worker_init_fn=ignore_interrupt_in_worker,  # issue 16: Ctrl-C reaches only the main process
     )
     steps_per_epoch = (sampler.num_samples // per_process_batch) if drop_last else math.ceil(sampler.num_samples / per_process_batch)
     n_epochs = config.learning_schedule[-1]
@@ -349,5 +356,6 @@ def train(config: TrainConfig) -> dict:
         "checkpoint": str(checkpoint_dir / "checkpoints" / CHECKPOINT_PATTERN.format(step=step)),
     }
     if context.is_main:
+        unlock_run_folder(checkpoint_dir)
         print(f"done: {step} steps in {seconds:.0f} s, last loss {loss_value:.4f}; checkpoints in {checkpoint_dir}", flush=True)
     return summary
