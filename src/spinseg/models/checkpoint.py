@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -34,9 +35,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise fail(path, "checkpoint not found")
     check_checkpoint_file(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles on stderr; the error line says it all
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        refused_global = unsafe_global(error)
+        refused_global = unsafe_global(error) or disallowed_global_in_file(path)
         if refused_global is None:
             # Not a pickle with forbidden globals: a text stub, random bytes, a safetensors file...
             raise fail(path, f"not a readable PyTorch checkpoint ({not_a_checkpoint_reason(path, error)})") from None
@@ -46,6 +49,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             "and spinseg only loads weights (torch.load weights_only=True)",
         ) from None
     except Exception as error:  # noqa: BLE001 - issue 16: any failure of torch's parser is the file's fault
+        refused_global = disallowed_global_in_file(path)
+        if refused_global is not None:
+            raise fail(path, f"refused: it holds more than weights (it would call {refused_global}); loading it could "
+                             "run code, and spinseg only loads weights (torch.load weights_only=True)") from None
         raise fail(path, f"not a readable PyTorch checkpoint ({not_a_checkpoint_reason(path, error)})") from None
     if not isinstance(checkpoint, dict):
         raise fail(path, f"expected a dict of state dicts, found {type(checkpoint).__name__}")
@@ -72,6 +79,52 @@ def unsafe_global(error: Exception) -> str | None:
     return match.group(1) if match else None
 
 
+def pickle_globals(data: bytes) -> list[str]:
+    """``module.name`` of every global the pickles in ``data`` (one or several, concatenated) would
+    import, read with ``pickletools`` (nothing is executed); stops quietly at damaged data."""
+    import io
+    import pickletools
+
+    found, stream = [], io.BytesIO(data)
+    while stream.tell() < len(data):
+        strings: list[str] = []
+        try:
+            for opcode, argument, _ in pickletools.genops(stream):
+                if opcode.name == "GLOBAL":
+                    found.append(str(argument).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(argument, str):
+                    strings.append(argument)
+        except Exception:  # noqa: BLE001 - damaged data ends the scan; what was found stands
+            break
+    return found
+
+
+def disallowed_global_in_file(path: Path) -> str | None:
+    """The first global a pickle in ``path`` (raw, or ``*.pkl`` inside a torch zip) names outside torch's
+    weights-only allow-list; None when there is none (then the file is damaged, not dangerous)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError):
+        allowed = set()
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                blobs = [archive.read(name) for name in archive.namelist() if name.endswith(".pkl")]
+        else:
+            blobs = [path.read_bytes()]
+    except Exception:  # noqa: BLE001 - unreadable: nothing to name
+        return None
+    for blob in blobs:
+        for name in pickle_globals(blob):
+            if name not in allowed and not name.startswith("torch."):
+                return name
+    return None
+
+
 def not_a_checkpoint_reason(path: Path, error: Exception) -> str:
     """Why a file torch could not unpickle is no checkpoint: names a safetensors file under a ``.pth`` name."""
     with open(path, "rb") as stream:
@@ -80,6 +133,8 @@ def not_a_checkpoint_reason(path: Path, error: Exception) -> str:
         return "it is a safetensors file; give it a .safetensors name"
     if not head:
         return "empty file"
+    if head[:2] == b"PK" and not zipfile.is_zipfile(path):
+        return "truncated or damaged zip"
     if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
         return "neither a PyTorch zip nor a pickle file"
     if isinstance(error, pickle.UnpicklingError):

@@ -21,7 +21,24 @@ def parse_model_config(text: str) -> dict:
     if not isinstance(config, dict):
         raise UserInputError(f"--model_config {text[:80]!r}: expected a JSON object")
     # A release-style config file (as in tests/fixtures) nests the constructor arguments under "config".
-    return config.get("config", config) if set(config) <= {"config", "n_parameters", "input_shape", "output_shapes"} else config
+    config = config.get("config", config) if set(config) <= {"config", "n_parameters", "input_shape", "output_shapes"} else config
+    check_model_config_counts(config, text)
+    return config
+
+
+# Keys whose numbers are counts of filters or channels: each must be a whole number >= 1.
+COUNT_KEY_WORDS = ("filter", "channels")
+
+
+def check_model_config_counts(config: dict, source: str) -> None:
+    """Issue 16: a negative or zero filter/channel count ended in a torch traceback; refuse it in one
+    line naming ``--model_config`` (the file or the inline JSON) and the key."""
+    for key, value in config.items():
+        if not isinstance(key, str) or not any(word in key for word in COUNT_KEY_WORDS):
+            continue
+        for item in value if isinstance(value, list) else ([] if value is None else [value]):
+            if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+                raise UserInputError(f"--model_config {source[:80]!r}: {key} must hold whole numbers >= 1 (found {item!r})")
 
 
 
