@@ -16,8 +16,9 @@ def parse_model_config(text: str) -> dict:
         # fail on long inline configs: the name is too long for the file system).
         source = text if text.lstrip().startswith("{") else Path(text).read_text()
         config = json.loads(source)
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserInputError(f"--model_config {text[:80]!r}: not a JSON object or JSON file ({error})") from None
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or not UTF-8 (issue 16)
+        raise UserInputError(f"--model_config {text[:80]!r}: not a JSON object or JSON file "
+                             f"({(str(error).splitlines() or [type(error).__name__])[0][:120]})") from None
     if not isinstance(config, dict):
         raise UserInputError(f"--model_config {text[:80]!r}: expected a JSON object")
     # A release-style config file (as in tests/fixtures) nests the constructor arguments under "config".
