@@ -555,7 +555,7 @@ def write_doc(output: Path) -> None:
         "# Bad input and the messages it gets",
         "",
         "Each row was produced by running the command: `python tests/test_bad_inputs.py docs/bad_inputs.md`",
-        "regenerates this file (`tests/test_bad_inputs.py` checks the `spinseg.train`/`spinseg.evaluate` rows,",
+        "regenerates this file (`tests/test_bad_inputs.py` checks the `spinseg.train`/`evaluate`/`predict`/`download` rows,",
         "`tests/test_setup_atlas.py` the raw-ATLAS ones). `$DIR` stands for the scratch folder the inputs were",
         "written to. Each message is one line on stderr, with exit code 2, and the check comes before anything",
         "is written.",
