@@ -7,7 +7,11 @@ of ``setup/setup_dataset_atlas.py``), so the documented messages are the ones us
 """
 from __future__ import annotations
 
+import gzip
+import json
+import os
 import subprocess
+import zipfile
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ sys.path.insert(0, str(TESTS))  # for `conftest` when run as a script
 from conftest import SMALL_SPIN_CONFIG, assert_one_line_error, run_python, write_volume_set  # noqa: E402
 
 RELEASE_CHECKPOINT = TESTS / "fixtures" / "spin_small_original_format.pth"
+SMALL_UNET_CONFIG = {"n_filters_encoder_segmentation": [4, 4, 8, 8, 8], "n_filters_decoder_segmentation": [8, 8, 4, 4]}
 SHAPE = (24, 28, 10)
 
 
@@ -79,6 +84,22 @@ class Workspace:
     def score(self, name: str, pred: Path, gt: Path, *extra: str) -> list[str]:
         """A ``spinseg.score`` command of two mask folders; ``extra`` flags override."""
         return ["-m", "spinseg.score", "--pred", str(pred), "--gt", str(gt), "--output", str(self.path(f"score_{name}")), *extra]
+
+
+    def predict(self, name: str, inputs: list[str], *extra: str, output: str | None = None) -> list[str]:
+        """A predict command of the release-format fixture (small config) on ``inputs``."""
+        return [
+            "-m", "spinseg.predict", "--model", "spin", "--checkpoint", str(RELEASE_CHECKPOINT),
+            "--model_config", SMALL_SPIN_CONFIG, "--input", *inputs, "--output", output or str(self.path(f"pred_{name}")),
+            "--device", "cpu", *extra,
+        ]
+
+    def download(self, name: str, zip_path: Path, output_dir: Path, *extra: str) -> list[str]:
+        """A download command installing ``zip_path`` (load-checked with the small configs)."""
+        return [
+            "-m", "spinseg.download", "--zip_path", str(zip_path), "--output_dir", str(output_dir),
+            "--check_config", f"spin={SMALL_SPIN_CONFIG}", "--check_config", f"unet={json.dumps(SMALL_UNET_CONFIG)}", *extra,
+        ]
 
 
 @dataclass
@@ -199,6 +220,171 @@ def our_spin_checkpoint(workspace: Workspace) -> str:
     return str(path)
 
 
+
+# ---------------------------------------------------------------------------------------------
+# Builders of the hostile inputs of the second reliability round.
+
+
+def lying_npy(workspace: Workspace, name: str, shape: tuple[int, ...]) -> str:
+    """A .npy whose header claims ``shape`` float32 but which holds 64 bytes of data."""
+    path = workspace.path(f"{name}.npy")
+    with open(path, "wb") as stream:
+        np.lib.format.write_array_header_1_0(stream, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        stream.write(bytes(64))
+    return str(path)
+
+
+def lying_npy_lists(workspace: Workspace, name: str, shape: tuple[int, ...]) -> tuple[str, str]:
+    """Lists whose first scan is a lying .npy."""
+    return workspace.lists(name, [lying_npy(workspace, name, shape), workspace.scans[1]], workspace.masks)
+
+
+def nan_scan_lists(workspace: Workspace, name: str) -> tuple[str, str]:
+    """Lists whose first scan holds 3 NaN and 2 Inf voxels."""
+    scan = np.load(workspace.scans[0]).copy()
+    scan.flat[[5, 50, 500]] = np.nan
+    scan.flat[[7, 70]] = np.inf
+    return workspace.lists(name, [workspace.save(f"{name}.npy", scan), workspace.scans[1]], workspace.masks)
+
+
+def nan_checkpoint(workspace: Workspace) -> str:
+    """The release-format fixture with one weight set to NaN."""
+    checkpoint = torch.load(RELEASE_CHECKPOINT, weights_only=True)
+    state = next(value for value in checkpoint.values() if isinstance(value, dict))
+    key = next(key for key, value in state.items() if value.is_floating_point() and value.numel() > 1)
+    state[key].view(-1)[0] = float("nan")
+    path = workspace.path("nan_weight.pth")
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+def text_checkpoint(workspace: Workspace) -> str:
+    path = workspace.path("stub.pth")
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 123\n")
+    return str(path)
+
+
+def safetensors_named_pth(workspace: Workspace) -> str:
+    from safetensors.torch import save_file
+
+    path = workspace.path("weights_safetensors.pth")
+    save_file({"weight": torch.zeros(3)}, str(path))
+    return str(path)
+
+
+def slice_index_list(workspace: Workspace, name: str, index: int) -> str:
+    """A small-lesion slices list whose first subject's file holds ``index``."""
+    files = []
+    for number, value in enumerate([index, 2]):
+        path = workspace.path(f"{name}_{number}.txt")
+        path.write_text(f"{value}\n")
+        files.append(str(path))
+    listing = workspace.path(f"{name}_slices.txt")
+    listing.write_text("".join(f"{line}\n" for line in files))
+    return str(listing)
+
+
+def a_file(workspace: Workspace, name: str) -> str:
+    path = workspace.path(name)
+    path.write_text("a file, not a folder\n")
+    return str(path)
+
+
+def locked_run_folder(workspace: Workspace) -> str:
+    """A run folder this (test) process holds the training lock of, as a running trainer would."""
+    from spinseg.training.run_folder import lock_run_folder
+
+    run = workspace.path("locked_run")
+    run.mkdir(exist_ok=True)
+    lock_run_folder(run)
+    return str(run)
+
+
+def mni_scan(workspace: Workspace, name: str, dtype=np.float32) -> Path:
+    """A small NIfTI scan with noise (any grid: the bad-output cases stop before the forward pass)."""
+    import nibabel
+
+    path = workspace.path(f"{name}.nii.gz")
+    data = np.random.default_rng(0).normal(50, 5, (12, 14, 10)).astype(dtype)
+    nibabel.save(nibabel.Nifti1Image(data, np.eye(4)), path)
+    return path
+
+
+def lying_nifti(workspace: Workspace, name: str) -> str:
+    """A 155-byte-ish .nii.gz whose header claims 1000 x 1000 x 400 float32 voxels (1.5 GiB)."""
+    import nibabel
+
+    header = nibabel.Nifti1Header()
+    header.set_data_shape((1000, 1000, 400))
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    path = workspace.path(f"{name}.nii.gz")
+    with gzip.open(path, "wb") as stream:
+        stream.write(header.binaryblock + bytes(4) + bytes(16))
+    return str(path)
+
+
+def existing_output(workspace: Workspace) -> list[str]:
+    """A scan whose mask output already exists in the output folder (a file predict did not write)."""
+    scan = mni_scan(workspace, "sub-exists_T1w")
+    output = workspace.path("pred_exists")
+    output.mkdir(exist_ok=True)
+    (output / "sub-exists_T1w_lesion_mask.nii.gz").write_bytes(b"the user's own mask")
+    return [str(scan)]
+
+
+def output_onto_input(workspace: Workspace) -> list[str]:
+    """``--input a.nii.gz a_lesion_mask.nii.gz --output <their folder>``: a's mask would replace the second input."""
+    folder = workspace.path("onto_input")
+    folder.mkdir(exist_ok=True)
+    first = mni_scan(workspace, "onto_input/a")
+    second = mni_scan(workspace, "onto_input/a_lesion_mask")
+    return [str(first), str(second)]
+
+
+def release_zip_with(workspace: Workspace, name: str, extra: dict[str, bytes] | None = None, corrupt: bool = False) -> Path:
+    """A release zip of the small fixtures (+ ``extra`` members); ``corrupt`` damages one member's data."""
+    from spinseg.models import build_model
+
+    unet_path = workspace.path("unet_release.pth")
+    if not unet_path.exists():
+        unet = build_model("unet", **SMALL_UNET_CONFIG)
+        torch.save({**unet.release_state_dicts(), "train_step": 1}, unet_path)
+    zip_path = workspace.path(f"{name}.zip")
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.write(RELEASE_CHECKPOINT, "spin/spin_atlas_traintest.pth")
+        archive.write(unet_path, "u-net/unet_atlas_traintest.pth")
+        for member, data in (extra or {}).items():
+            archive.writestr(member, data)
+    if corrupt:
+        data = bytearray(zip_path.read_bytes())
+        middle = len(data) // 3
+        data[middle : middle + 64] = bytes(64)
+        zip_path.write_bytes(bytes(data))
+    return zip_path
+
+
+def code_running_pickle() -> bytes:
+    """A pickle that would call os.system when loaded without weights_only (it is never loaded so)."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    return pickle.dumps({"weights": Payload()})
+
+
+def users_own_file(workspace: Workspace) -> Path:
+    """An installed folder where the user keeps their own README and a fine-tuned model, and has
+    edited the release's SPiN file (so the release would replace it)."""
+    output = workspace.path("models_user")
+    (output / "spin").mkdir(parents=True, exist_ok=True)
+    (output / "README.md").write_text("my notes\n")
+    (output / "spin" / "my_finetuned.pth").write_bytes(b"mine")
+    (output / "spin" / "spin_atlas_traintest.pth").write_bytes(b"my edited copy")
+    return output
+
 STRING_VOLUME = np.full(SHAPE, "abc")
 COMPLEX_VOLUME = np.zeros(SHAPE, np.complex64)
 OBJECT_VOLUME = np.empty(SHAPE[:1], dtype=object)
@@ -299,6 +485,67 @@ CASES = [
          ("no_checkpoints", "no authors' checkpoint found", "x-net/xnet_atlas_traintest.h5")),
     Case("evaluate_unknown_preset", "evaluate: an unknown --preset name",
          lambda w: w.evaluate("preset", None, None, "--preset", "vnet"), ("--preset", "'vnet'", "known: spin")),
+    # Budgets before work:
+    Case("train_npy_header_over_limit", "scan .npy whose header claims 4000x4000x400 float32 (25 GB) in 200 bytes",
+         lambda w: w.train("huge", *lying_npy_lists(w, "huge", (4000, 4000, 400))), ("huge.npy", "over the limit")),
+    Case("train_npy_header_truncated", "scan .npy whose header claims more voxels than the file holds",
+         lambda w: w.train("truncated", *lying_npy_lists(w, "truncated", (100, 100, 40))), ("truncated.npy", "truncated")),
+    Case("train_zero_slice_volume", "scan .npy with 0 slices",
+         lambda w: w.train("noslices", *bad_scan_list(w, "noslices", np.zeros(SHAPE[:2] + (0,), np.float32))),
+         ("noslices.npy", "holds no voxels")),
+    Case("predict_nifti_header_lying", "predict: a tiny .nii.gz whose header claims 1000x1000x400 float32",
+         lambda w: w.predict("lying", [lying_nifti(w, "lying")]), ("lying.nii.gz", "lying header", "1.5 GiB")),
+    Case("evaluate_negative_batch_size", "evaluate: --batch_size -3",
+         lambda w: w.evaluate("batch", None, None, "--batch_size", "-3"), ("--batch_size -3", ">= 1")),
+    Case("evaluate_zero_batch_size", "evaluate: --batch_size 0",
+         lambda w: w.evaluate("batch0", None, None, "--batch_size", "0"), ("--batch_size 0",), tested=False),
+    Case("evaluate_negative_slice_index", "evaluate: a negative small-lesion slice index",
+         lambda w: w.evaluate("negslice", None, None, "--small_lesion_slices_path", slice_index_list(w, "negative", -1)),
+         ("negative_slices.txt", "line 1", "slice index -1")),
+    Case("evaluate_slice_index_too_large", "evaluate: a small-lesion slice index past the last slice",
+         lambda w: w.evaluate("bigslice", None, None, "--small_lesion_slices_path", slice_index_list(w, "large", 99)),
+         ("large_slices.txt", "slice index 99"), tested=False),
+    Case("evaluate_output_is_a_file", "evaluate: --output_path is a file (found before any forward pass)",
+         lambda w: w.evaluate("file", None, None, "--output_path", a_file(w, "output_file.txt")), ("output_file.txt", "is a file")),
+    Case("train_negative_filter_count", "a negative filter count in --model_config",
+         lambda w: w.train("filters", None, None, "--model_config", '{"n_filters_encoder_segmentation": [8, 8, -12, 12, 16]}'),
+         ("--model_config", "n_filters_encoder_segmentation", "-12")),
+    # Finite or refused:
+    Case("train_nan_voxels", "scan .npy with NaN/Inf voxels",
+         lambda w: w.train("nan", *nan_scan_lists(w, "nan")), ("nan.npy", "5 voxels are NaN or Inf")),
+    Case("evaluate_nan_voxels", "evaluate: scan .npy with NaN/Inf voxels",
+         lambda w: w.evaluate("nan", *nan_scan_lists(w, "eval_nan")), ("eval_nan.npy", "NaN or Inf")),
+    Case("evaluate_nan_weight", "evaluate: a checkpoint with one NaN weight",
+         lambda w: w.evaluate("nanweight", None, None, "--restore_path", nan_checkpoint(w)), ("nan_weight.pth", "NaN or Inf")),
+    Case("predict_complex_nifti", "predict: a complex-valued NIfTI",
+         lambda w: w.predict("complex", [str(mni_scan(w, "complex_scan", np.complex64))]), ("complex_scan.nii.gz", "complex")),
+    Case("train_swapped_lists", "scan and ground-truth lists swapped",
+         lambda w: w.train("swapped", str(w.masks_list), str(w.scans_list)), ("ground truth is not binary", "swapped")),
+    # One line for every parse failure:
+    Case("train_text_checkpoint", "--restore_path: a text file named .pth (e.g. a Git LFS pointer)",
+         lambda w: w.train("stub", None, None, "--restore_path", text_checkpoint(w)),
+         ("stub.pth", "not a readable PyTorch checkpoint", "neither a PyTorch zip nor a pickle")),
+    Case("train_safetensors_named_pth", "--restore_path: a safetensors file named .pth",
+         lambda w: w.train("st", None, None, "--restore_path", safetensors_named_pth(w)), ("weights_safetensors.pth", "safetensors")),
+    Case("download_corrupt_member", "download: a zip with a corrupt member",
+         lambda w: w.download("corrupt", release_zip_with(w, "corrupt", corrupt=True), w.path("models_corrupt")),
+         ("corrupt.zip",)),
+    # Never lose or clobber a user's file:
+    Case("train_run_folder_locked", "a second training on a run folder another training is writing to",
+         lambda w: w.train("locked", None, None, "--checkpoint_path", locked_run_folder(w)),
+         ("locked_run", "in use by another training", f"pid {os.getpid()}")),
+    Case("predict_output_exists", "predict: an output file exists that this run did not write",
+         lambda w: w.predict("exists", existing_output(w), output=str(w.path("pred_exists"))),
+         ("sub-exists_T1w_lesion_mask.nii.gz", "exists", "--overwrite")),
+    Case("predict_output_is_an_input", "predict: --input a.nii.gz a_lesion_mask.nii.gz (a's output would replace the second input)",
+         lambda w: w.predict("onto", output_onto_input(w), "--overwrite", output=str(w.path("onto_input"))),
+         ("a_lesion_mask.nii.gz", "is one of the inputs")),
+    Case("download_would_replace_users_file", "download: the output folder holds a changed copy of a release file",
+         lambda w: w.download("user", release_zip_with(w, "plain"), users_own_file(w)),
+         ("spin_atlas_traintest.pth", "differs", "--force")),
+    Case("download_code_running_extra", "download: the zip holds an extra .pth that would run code",
+         lambda w: w.download("evil", release_zip_with(w, "evil", {"spin/extra.pth": code_running_pickle()}), w.path("models_evil")),
+         ("spin/extra.pth", "could run code", "nothing installed")),
 ]
 
 
@@ -416,7 +663,7 @@ def write_doc(output: Path) -> None:
         "# Bad input and the messages it gets",
         "",
         "Each row was produced by running the command: `python tests/test_bad_inputs.py docs/bad_inputs.md`",
-        "regenerates this file (`tests/test_bad_inputs.py` checks the `spinseg.train`/`evaluate`/`score` rows,",
+        "regenerates this file (`tests/test_bad_inputs.py` checks the `spinseg.train`/`evaluate`/`predict`/`download`/`score` rows,",
         "`tests/test_setup_atlas.py` the raw-ATLAS ones). `$DIR` stands for the scratch folder the inputs were",
         "written to. Each message is one line on stderr, with exit code 2, and the check comes before anything",
         "is written.",

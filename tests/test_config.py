@@ -16,24 +16,24 @@ def test_the_default_recipe_is_valid():
 
 
 @pytest.mark.parametrize("overrides, fragment", [
-    ({"learning_rates": [-1e-3, 1e-4, 5e-5]}, "--learning_rates must be positive"),
-    ({"learning_rates": [float("nan"), 1e-4, 5e-5]}, "--learning_rates must be positive"),
+    ({"learning_rates": [-1e-3, 1e-4, 5e-5]}, "--learning_rates -0.001: must be > 0"),
+    ({"learning_rates": [float("nan"), 1e-4, 5e-5]}, "--learning_rates nan: must be > 0"),
     ({"learning_rates": [1e-3], "learning_schedule": [10, 20]}, "same number of entries"),
     ({"learning_schedule": [400, 300, 1600]}, "increasing"),
     ({"n_chunk": 4}, "--n_chunk must be odd"),
     ({"n_chunk": 0}, "--n_chunk must be odd and >= 1"),
     ({"n_chunk": -3}, "--n_chunk must be odd and >= 1"),
-    ({"n_batch": 0}, "--n_batch must be >= 1"),
+    ({"n_batch": 0}, "--n_batch 0: must be >= 1"),
     ({"augmentation_probabilities": [1.0]}, "--augmentation_probabilities and --augmentation_schedule"),
-    ({"augmentation_probabilities": [1.5, 0.5]}, "probabilities must lie in [0, 1]"),
+    ({"augmentation_probabilities": [1.5, 0.5]}, "--augmentation_probabilities 1.5: must lie in [0, 1]"),
     ({"positive_class_sample_rates": [0.9, 0.5]}, "--positive_class_sample_rates and"),
     ({"crop_shape": [4, 4]}, "--crop_shape"),
     ({"w_positive_class": 0.0}, "--w_positive_class"),
     ({"w_weight_decay": -1.0}, "--w_weight_decay"),
     ({"augmentation_resize_and_pad": [1.1, 1.0]}, "--augmentation_resize_and_pad"),
     ({"dataset_means": [1.0, 2.0]}, "--dataset_means and --dataset_stddevs"),
-    ({"dataset_stddevs": [0.0]}, "--dataset_stddevs must be positive"),
-    ({"n_checkpoint": 0}, "--n_checkpoint must be >= 1"),
+    ({"dataset_stddevs": [0.0]}, "--dataset_stddevs 0: must be > 0"),
+    ({"n_checkpoint": 0}, "--n_checkpoint 0: must be >= 1"),
     ({"max_steps": 0}, "--max_steps"),
     ({"val_batch_size": 0}, "--val_batch_size"),
     ({"val_multimodal_scan_paths": "x.txt"}, "give both"),
@@ -42,6 +42,40 @@ def test_out_of_range_values_are_refused_in_one_line(overrides, fragment):
     with pytest.raises(UserInputError) as caught:
         validate_train_config(TrainConfig(**overrides))
     assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"batch_size": -3}, "--batch_size -3: must be >= 1"),
+    ({"batch_size": 0}, "--batch_size 0: must be >= 1"),
+    ({"n_chunk": 4}, "--n_chunk 4: must be odd"),
+    ({"n_thread": -1}, "--n_thread -1: must be >= 0"),
+    ({"voxel_volume_ml": 0.0}, "--voxel_volume_ml 0: must be > 0"),
+])
+def test_evaluation_numbers_out_of_range_are_refused_before_work(overrides, fragment):
+    # Issue 16: ``evaluate --batch_size -3`` predicted nothing and printed tables with exit 0.
+    from spinseg.recipes.config import EvaluateConfig, validate_evaluate_config
+
+    validate_evaluate_config(EvaluateConfig())
+    with pytest.raises(UserInputError) as caught:
+        validate_evaluate_config(EvaluateConfig(**overrides))
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_every_numeric_field_of_every_config_has_bounds():
+    # The one range table covers every number a command takes, so a new flag cannot slip past it.
+    import types
+    import typing
+
+    from spinseg.recipes.config import NUMERIC_BOUNDS, EvaluateConfig
+
+    for cls in (TrainConfig, EvaluateConfig):
+        for name, hint in typing.get_type_hints(cls).items():
+            # int, float, list[int], list[float], and any of them "| None"
+            arguments = set(typing.get_args(hint)) - {type(None)} if isinstance(hint, types.UnionType) else {hint}
+            arguments = {typing.get_args(a)[0] if typing.get_origin(a) is list else a for a in arguments}
+            numeric = bool(arguments) and arguments <= {int, float}
+            if numeric:
+                assert name in NUMERIC_BOUNDS, f"{cls.__name__}.{name} has no range in NUMERIC_BOUNDS"
 
 
 def test_every_problem_is_reported_at_once():

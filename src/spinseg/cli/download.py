@@ -12,7 +12,7 @@ from spinseg.inference.pretrained import (
     parse_check_configs,
 )
 
-DESCRIPTION = "Install the authors' pretrained models: ``python -m spinseg.download [--zip_path ZIP] [--output_dir pretrained_models]``.\n\nWithout ``--zip_path`` the release zip is fetched from Google Drive with ``gdown`` (optional:\n``pip install gdown``). The host is probed first with a short socket timeout, so that offline the\ncommand fails within seconds with the manual link. With ``--zip_path`` a zip downloaded by hand\nis installed instead.\n\nInstalling is all-or-nothing: the zip is extracted into a temporary folder beside the output\nfolder, checked, and only then are its top-level folders (``spin/``, ``u-net/``, ...) moved into\n``--output_dir``; other files there (e.g. its README.md) are kept. What is checked:\n\n* the expected files exist: ``spin/spin_atlas_traintest.pth`` and ``u-net/unet_atlas_traintest.pth``\n  (the zip may hold them at its top level or inside one folder, e.g. ``pretrained_models/``);\n* each loads with :func:`spinseg.checkpoint.load_model` (``torch.load(weights_only=True)``: no\n  code runs; every key and tensor shape must match the network). The network is built with the\n  paper's config unless ``--check_config NAME=JSON`` gives another one (as the tests do with a\n  small model); ``--skip_load_check`` checks only that the files exist;\n* any other ``.pth`` in the zip is only read safely; one that cannot be is reported as a warning."
+DESCRIPTION = "Install the authors' pretrained models: ``python -m spinseg.download [--zip_path ZIP] [--output_dir pretrained_models]``.\n\nWithout ``--zip_path`` the release zip is fetched from Google Drive with ``gdown`` (optional:\n``pip install gdown``). The host is probed first with a short socket timeout, so that offline the\ncommand fails within seconds with the manual link. With ``--zip_path`` a zip downloaded by hand\nis installed instead.\n\nInstalling is all-or-nothing: the zip is extracted into a temporary folder beside the output\nfolder, checked, and only then are its files moved into ``--output_dir`` one by one; every file\nthere that the release does not bring (your own checkpoints, notes) is kept, and a file the release\nwould replace stops the run unless ``--force``, which moves it aside (``<name>.before-download-<time>``)\nwith a note. What is checked:\n\n* the expected files exist: ``spin/spin_atlas_traintest.pth`` and ``u-net/unet_atlas_traintest.pth``\n  (the zip may hold them at its top level or inside one folder, e.g. ``pretrained_models/``);\n* each loads with :func:`spinseg.checkpoint.load_model` (``torch.load(weights_only=True)``: no\n  code runs; every key and tensor shape must match the network). The network is built with the\n  paper's config unless ``--check_config NAME=JSON`` gives another one (as the tests do with a\n  small model); ``--skip_load_check`` checks only that the files exist;\n* any other ``.pth`` in the zip is only read safely; one that cannot be read is left out with a\n  warning, and one that would run code stops the install (nothing is installed)."
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the download command."""
@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="config to load-check model NAME (spin or unet) with, instead of the paper's")
     parser.add_argument("--skip_load_check", action="store_true", help="only check that the expected files exist")
     parser.add_argument("--probe_timeout", type=float, default=5.0, help="seconds to wait for the download host")
+    parser.add_argument("--force", action="store_true",
+                        help="install even where a file of yours differs from the release's, moving yours aside "
+                             "(<name>.before-download-<time>); default: refuse and change nothing")
     return parser
 
 
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     started = time.monotonic()
     lines = install_release(arguments.output_dir, arguments.zip_path, parse_check_configs(arguments.check_config),
-                            not arguments.skip_load_check, arguments.probe_timeout)
+                            not arguments.skip_load_check, arguments.probe_timeout, arguments.force)
     for line in lines:
         print(line, flush=True)
     print(f"done in {time.monotonic() - started:.1f} s", flush=True)

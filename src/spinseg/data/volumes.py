@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from spinseg.errors import fail
+from spinseg.io.budgets import check_finite, check_npy_file
 from spinseg.io.files import read_lines
 
 NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
@@ -17,7 +18,12 @@ def read_path_list(path: str | os.PathLike, must_exist: bool = True) -> list[str
     path = Path(path)
     if not path.is_file():
         raise fail(path, "path list not found (run the setup script first?)")
-    entries = read_lines(path)
+    try:
+        entries = read_lines(path)
+    except (UnicodeDecodeError, ValueError) as error:  # issue 16: binary junk in a list is one line too
+        raise fail(path, f"not a UTF-8 text file of paths ({type(error).__name__} at byte {getattr(error, 'start', '?')})") from None
+    except OSError as error:
+        raise fail(path, f"cannot read the path list ({error.strerror or error})") from None
     if not entries:
         raise fail(path, "path list is empty")
     if must_exist:
@@ -46,16 +52,32 @@ def load_volume(path: str | os.PathLike, ndim: int | tuple[int, ...] = 3, mmap: 
     path = Path(path)
     if not path.is_file():
         raise fail(path, "file not found")
+    check_npy_file(path)  # issue 16: the header's claim against the file's size and the limit, before allocating
     try:
         volume = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise fail(path, f"not a readable .npy array ({str(error).splitlines()[0][:120]})") from None
+    except Exception as error:  # noqa: BLE001 - issue 16: any failure of numpy's parser is the file's fault
+        raise fail(path, f"not a readable .npy array ({(str(error).splitlines() or [type(error).__name__])[0][:120]})") from None
     allowed = (ndim,) if isinstance(ndim, int) else ndim
     if volume.ndim not in allowed:
         raise fail(path, f"expected a {' or '.join(map(str, allowed))}-D array, found shape {volume.shape}")
     if volume.dtype.kind not in NUMERIC_KINDS:
         raise fail(path, f"expected a numeric array, found dtype {volume.dtype}")
+    if volume.size == 0:
+        raise fail(path, f"holds no voxels (shape {volume.shape})")
     return volume
+
+
+def check_volume_contents(scan: np.ndarray, scan_path, mask: np.ndarray, mask_path) -> None:
+    """Issue 16: NaN/Inf voxels (one line with the count) and a "mask" that is no mask (more than two
+    distinct values: most often the scan and ground-truth lists were swapped) are refused before any work."""
+    check_finite(scan, scan_path)
+    check_finite(mask, mask_path)
+    values: set = set()
+    for start in range(0, mask.shape[-1], 16):
+        values.update(np.unique(np.asarray(mask[..., start : start + 16])).tolist())
+        if len(values) > 2:
+            shown = ", ".join(f"{value:g}" for value in sorted(values)[:3])
+            raise fail(mask_path, f"ground truth is not binary (values {shown} ...); are the scan and ground-truth lists swapped?")
 
 
 def check_same_shape(scan: np.ndarray, scan_path, mask: np.ndarray, mask_path) -> None:
@@ -94,5 +116,6 @@ def check_volume_pairs(scan_paths: list[str], ground_truth_paths: list[str], two
     for scan_path, ground_truth_path in zip(scan_paths, ground_truth_paths):
         scan, mask = load_volume(scan_path), load_volume(ground_truth_path, ndim=2 if two_dimensional else 3)
         check_same_shape(scan, scan_path, mask, ground_truth_path)
+        check_volume_contents(scan, scan_path, mask, ground_truth_path)
         first_shape = first_shape or scan.shape
     return first_shape

@@ -18,7 +18,8 @@ import nibabel as nib
 import numpy as np
 
 from spinseg.constants import ATLAS_MASK_SUFFIX, ATLAS_T1_DEFACED_SUFFIX, ATLAS_T1_SUFFIX
-from spinseg.errors import fail
+from spinseg.errors import UserInputError, fail
+from spinseg.io.budgets import check_nifti_header
 
 R12 = "r1.2"
 BIDS = "bids"
@@ -141,8 +142,11 @@ def load_volume(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     try:
         image = nib.load(path)
+        check_nifti_header(path, image)  # issue 16: budget and complex check before the voxels are read
         # Reading the data object decompresses the whole file, so truncation shows up here.
         volume = np.asarray(image.dataobj, dtype=np.float32)
+    except UserInputError:
+        raise
     except Exception as error:  # noqa: BLE001 - any failure to decode the file is the file's fault
         # One line, without repeating the path that starts the message anyway.
         message = (str(error).splitlines() or [""])[0].replace(f'"{path}"', "it").replace(str(path), "it")

@@ -27,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+import nibabel as nib
 import numpy as np
 
 from spinseg.constants import ATLAS_MASK_SUFFIX, SMALL_LESION_MAX_PIXELS
@@ -49,7 +50,8 @@ from spinseg.datasets.splits import (
     subject_group,
 )
 from spinseg.errors import UserInputError, fail, warn
-from spinseg.io.files import read_lines, save_npy, write_lines
+from spinseg.io.budgets import complete_npy_shape
+from spinseg.io.files import read_lines, remove_stale_temporaries, save_npy, write_lines
 
 DEFAULT_ATLAS_DIR = "data/atlas/atlas_standard"
 DEFAULT_OUTPUT_DIR = "data/atlas_spin/atlas_standard"
@@ -71,8 +73,22 @@ def _mtime(path: Path) -> int:
 
 
 def is_up_to_date(subject: RawSubject, outputs: tuple[Path, Path]) -> bool:
-    """True when both outputs exist and are no older than every input file of the subject."""
-    if not all(path.is_file() for path in outputs):
+    """True when both outputs are whole and fit the raw scan, and are no older than every input file.
+
+    Whole (issue 16): each ``.npy`` is exactly as long as its header says, with the scan's shape from
+    the raw NIfTI header and the dtypes setup writes (float32 scan, uint8 mask), so an output that was
+    truncated or replaced after the run is redone even when its time looks newer.
+    """
+    scan_output, mask_output = outputs
+    found = complete_npy_shape(scan_output), complete_npy_shape(mask_output)
+    if None in found:
+        return False
+    try:
+        raw_shape = tuple(int(n) for n in nib.load(subject.scan_path).header.get_data_shape())
+    except Exception:  # noqa: BLE001 - an unreadable raw scan is converted, so that it fails with its own line
+        return False
+    (scan_shape, scan_dtype), (mask_shape, mask_dtype) = found
+    if scan_shape != raw_shape or mask_shape != raw_shape or scan_dtype != np.float32 or mask_dtype != np.uint8:
         return False
     newest_input = max(_mtime(path) for path in (subject.scan_path, *subject.mask_paths))
     return min(_mtime(path) for path in outputs) >= newest_input
@@ -86,6 +102,7 @@ def convert_subject(subject: RawSubject, output_dir: str | os.PathLike, data_for
     """
     scan_relative, mask_relative = output_relative_paths(subject.subject_id, subject.group, data_format)
     scan_output, mask_output = Path(output_dir) / scan_relative, Path(output_dir) / mask_relative
+    remove_stale_temporaries((scan_output, mask_output))  # issue 16: half-written files of a killed run
     if is_up_to_date(subject, (scan_output, mask_output)):
         return "up to date"
     scan, mask = load_subject(subject)

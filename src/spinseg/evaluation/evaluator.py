@@ -21,14 +21,17 @@ from spinseg.evaluation import reporting
 from spinseg.evaluation.boundary_metrics import boundary_metrics, isotropic_spacing_from_voxel_volume
 from spinseg.evaluation.metrics import pooled_release_metrics
 from spinseg.inference.predictor import predict_volume
+from spinseg.io.budgets import check_npy_file, check_output_folder
 from spinseg.io.figures import save_overlay_montage, save_slice_panel
 from spinseg.io.files import write_json, write_text
 from spinseg.io.progress import progress_bar
-from spinseg.recipes.config import EvaluateConfig
+from spinseg.recipes.config import EvaluateConfig, validate_evaluate_config
 from spinseg.recipes.preprocessing import flags_of, load_with_preprocessing, with_preprocessing
 from spinseg.training.runtime import select_device
 
 KNOWN_METRIC_GROUPS = ("release", "challenge", "size", "boundary")
+# Montage, report rows and (optional) mask of one subject: a generous estimate of what it writes.
+OUTPUT_BYTES_PER_SUBJECT = 2 * 2**20
 
 
 def subject_id_from_path(path: str) -> str:
@@ -71,6 +74,7 @@ def evaluate(config: EvaluateConfig) -> dict:
 
     Returns {"table2": {...}, "table3": {...} | None, "records": [...], "output_path": str}.
     """
+    validate_evaluate_config(config)  # every number in range before any work
     check_evaluate_flags(config)
     device = select_device(config.device)
     if config.n_thread > 0:
@@ -87,9 +91,14 @@ def evaluate(config: EvaluateConfig) -> dict:
     output = Path(config.output_path)
     method = config.method_name or config.model_name.upper().replace("SPIN", "SPiN")
     if is_rgb_image_file(scan_paths[0]):
+        check_output_folder(output, len(scan_paths) * OUTPUT_BYTES_PER_SUBJECT, "--output_path")
         return evaluate_images(config, model, normalization, device, scan_paths, ground_truth_paths, output, method)
     # Every volume is checked before the first output is written.
     check_volume_pairs(scan_paths, ground_truth_paths)
+    if small_lesion_slices is not None:
+        check_slice_indices(small_lesion_slices, scan_paths, config.small_lesion_slices_path)
+    # Issue 16: a read-only or full output folder (or a file in its place) stops the run before the work.
+    check_output_folder(output, len(scan_paths) * OUTPUT_BYTES_PER_SUBJECT, "--output_path")
     if not config.plain_inference:
         model = prepare_inference_model(model)
 
@@ -206,11 +215,30 @@ def read_small_lesion_slices(path: str, n_subjects: int) -> list[np.ndarray]:
     slices = []
     for entry in entries:
         try:
-            values = np.load(entry) if entry.endswith(".npy") else np.loadtxt(entry, dtype=np.int64, ndmin=1)
-        except (OSError, ValueError) as error:
-            raise fail(entry, f"unreadable slice-index file ({error})") from None
-        slices.append(np.asarray(values, dtype=np.int64).reshape(-1))
+            if entry.endswith(".npy"):
+                check_npy_file(entry)
+                values = np.load(entry, allow_pickle=False)
+            else:
+                values = np.loadtxt(entry, dtype=np.int64, ndmin=1)
+            values = np.asarray(values)
+            if values.dtype.kind not in "iu":
+                raise ValueError(f"expected whole numbers, found dtype {values.dtype}")
+        except UserInputError:
+            raise
+        except Exception as error:  # noqa: BLE001 - issue 16: any parse failure is the file's fault
+            raise fail(entry, f"unreadable slice-index file ({(str(error).splitlines() or [type(error).__name__])[0][:120]})") from None
+        slices.append(values.astype(np.int64).reshape(-1))
     return slices
+
+
+def check_slice_indices(slices: list[np.ndarray], scan_paths: list[str], list_path: str) -> None:
+    """Issue 16: a negative index silently scored another slice, a too large one crashed; both are
+    refused (one line naming the list, the line and the index) before any work."""
+    for line_number, (indices, scan_path) in enumerate(zip(slices, scan_paths), start=1):
+        depth = load_volume(scan_path).shape[-1]
+        bad = indices[(indices < 0) | (indices >= depth)]
+        if bad.size:
+            raise fail(list_path, f"line {line_number}: slice index {int(bad[0])} outside 0..{depth - 1} of {scan_path}")
 
 
 def evaluate_images(config: EvaluateConfig, model, normalization, device, image_paths, ground_truth_paths, output: Path, method: str) -> dict:

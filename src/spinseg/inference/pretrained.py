@@ -6,8 +6,10 @@ command fails within seconds with the manual link. With ``--zip_path`` a zip dow
 is installed instead.
 
 Installing is all-or-nothing: the zip is extracted into a temporary folder beside the output
-folder, checked, and only then are its top-level folders (``spin/``, ``u-net/``, ...) moved into
-``--output_dir``; other files there (e.g. its README.md) are kept. What is checked:
+folder, checked, and only then are its files moved into ``--output_dir`` one by one; every file
+there that the release does not bring (your own checkpoints, notes) is kept, and a file the release
+would replace stops the run unless ``--force``, which moves it aside (``<name>.before-download-<time>``)
+with a note. What is checked:
 
 * the expected files exist: ``spin/spin_atlas_traintest.pth`` and ``u-net/unet_atlas_traintest.pth``
   (the zip may hold them at its top level or inside one folder, e.g. ``pretrained_models/``);
@@ -15,16 +17,19 @@ folder, checked, and only then are its top-level folders (``spin/``, ``u-net/``,
   code runs; every key and tensor shape must match the network). The network is built with the
   paper's config unless ``--check_config NAME=JSON`` gives another one (as the tests do with a
   small model); ``--skip_load_check`` checks only that the files exist;
-* any other ``.pth`` in the zip is only read safely; one that cannot be is reported as a warning.
+* any other ``.pth`` in the zip is only read safely; one that cannot be read is left out with a
+  warning, and one that would run code stops the install (nothing is installed).
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
 import sys
 import tempfile
 import threading
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -101,13 +106,19 @@ def safe_extract(zip_path: Path, target: Path) -> None:
         raise fail(zip_path, "not a zip file")
     try:
         with zipfile.ZipFile(zip_path) as archive:
+            claimed = sum(member.file_size for member in archive.infolist())
+            free = shutil.disk_usage(target).free
+            if claimed > free:
+                raise fail(zip_path, f"its files need {claimed / 2**20:.0f} MiB, only {free / 2**20:.0f} MiB free beside the output folder")
             for member in archive.infolist():
                 parts = PurePosixPath(member.filename).parts
                 if member.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
                     raise fail(zip_path, f"refused: member {member.filename!r} would be written outside the folder")
             archive.extractall(target)
-    except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile) as error:
-        raise fail(zip_path, f"cannot extract ({type(error).__name__}: {str(error)[:120]})") from None
+    except UserInputError:
+        raise
+    except Exception as error:  # noqa: BLE001 - issue 16: zlib.error, BadZipFile, CRC errors... are the zip's fault
+        raise fail(zip_path, f"cannot extract ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:120]})") from None
 
 
 def find_release_root(extracted: Path) -> Path | None:
@@ -163,39 +174,78 @@ def check_release(root: Path, zip_label: str, check_configs: dict[str, dict], lo
                 read_checkpoint(path)
                 lines.append(f"{path.relative_to(root)}: optional, reads safely (not loaded into a network)")
             except UserInputError as error:
-                print(f"warning: {path.relative_to(root)}: optional file not usable ({str(error).split(': ', 1)[-1]})",
+                reason = str(error).split(": ", 1)[-1]
+                if "could run code" in reason:  # issue 16: never install a file found to be code-running
+                    raise fail(f"{zip_label}:{path.relative_to(root)}", f"{reason}; nothing installed") from None
+                path.unlink()  # issue 16: an unusable optional file is left out, not installed
+                print(f"warning: {path.relative_to(root)}: optional file not usable, not installed ({reason})",
                       file=sys.stderr, flush=True)
     else:
         lines += [f"{relative}: present (load check skipped)" for relative in EXPECTED_FILES.values()]
     return lines
 
 
-def move_into_place(root: Path, output_dir: Path, staging: Path) -> list[Path]:
-    """Moves each top-level entry of ``root`` into ``output_dir``, replacing same-named ones.
+def install_plan(root: Path, output_dir: Path) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """(source, target) for every release file that is not already in place byte for byte, and the
+    targets among them that exist and differ (a user's file the release would replace)."""
+    import filecmp
 
-    A replaced entry is first renamed into ``staging`` and put back if a later move fails, so
-    ``output_dir`` never holds a half-installed release.
+    plan, conflicts = [], []
+    for source in sorted(path for path in root.rglob("*") if path.is_file()):
+        relative = source.relative_to(root)
+        if "__MACOSX" in relative.parts:
+            continue
+        target = output_dir / relative
+        if target.is_file() and not target.is_symlink() and filecmp.cmp(source, target, shallow=False):
+            continue  # already installed: nothing to do, nothing to move aside
+        if target.exists() or target.is_symlink():
+            conflicts.append(target)
+        plan.append((source, target))
+    return plan, conflicts
+
+
+def aside_name(target: Path) -> Path:
+    """A free name beside ``target`` for the user's file it replaces: ``<name>.before-download-<time>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate, counter = target.with_name(f"{target.name}.before-download-{stamp}"), 1
+    while candidate.exists() or candidate.is_symlink():
+        candidate, counter = target.with_name(f"{target.name}.before-download-{stamp}-{counter}"), counter + 1
+    return candidate
+
+
+def move_into_place(root: Path, output_dir: Path, force: bool = False) -> tuple[list[Path], list[str]]:
+    """Installs the release under ``root`` into ``output_dir`` file by file; returns (installed files, notes).
+
+    Every file already in ``output_dir`` that the release does not bring is kept. A file the release
+    would replace stops the run before anything moves, unless ``force``: then it is renamed aside
+    (``<name>.before-download-<time>``) and a note says where. A failing move puts everything back.
     """
-    output_dir.mkdir(parents=True, exist_ok=True)
-    entries = sorted(path for path in root.iterdir() if path.name != "__MACOSX")
-    backups: list[tuple[Path, Path]] = []
+    plan, conflicts = install_plan(root, output_dir)
+    if conflicts and not force:
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        raise fail(conflicts[0], f"exists and differs from the release's file{more}; nothing installed "
+                                 "(give --force to install and move your file aside as <name>.before-download-<time>)")
     moved: list[Path] = []
+    asides: list[tuple[Path, Path]] = []
     try:
-        for entry in entries:
-            target = output_dir / entry.name
-            if target.exists():
-                backup = staging / f"previous-{entry.name}"
+        for source, target in plan:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target in conflicts:
+                if target.is_dir() and not target.is_symlink():
+                    raise IsADirectoryError(errno.EISDIR, "a folder is where the release has a file", str(target))
+                backup = aside_name(target)
                 os.replace(target, backup)
-                backups.append((backup, target))
-            os.replace(entry, target)
+                asides.append((backup, target))
+            os.replace(source, target)
             moved.append(target)
     except OSError as error:
         for target in moved:
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-        for backup, target in backups:
+            target.unlink(missing_ok=True)
+        for backup, target in asides:
             os.replace(backup, target)
-        raise fail(output_dir, f"could not install ({error.strerror or error})") from None
-    return moved
+        raise fail(error.filename or output_dir, f"could not install ({error.strerror or error}); nothing changed") from None
+    notes = [f"note: your {target} differed from the release's; moved aside to {backup.name}" for backup, target in asides]
+    return moved, notes
 
 
 def install_release(
@@ -204,6 +254,7 @@ def install_release(
     check_configs: dict[str, dict] | None = None,
     load_check: bool = True,
     probe_timeout_s: float = 5.0,
+    force: bool = False,
 ) -> list[str]:
     """Downloads (or takes ``zip_path``), extracts, checks and installs the release; returns the check lines."""
     output_dir = Path(output_dir)
@@ -225,7 +276,8 @@ def install_release(
         if root is None:
             raise fail(zip_label, f"holds none of the expected files ({', '.join(EXPECTED_FILES.values())})")
         lines = check_release(root, zip_label, check_configs or {}, load_check)
-        moved = move_into_place(root, output_dir, staging)
-        return lines + [f"installed {', '.join(str(path) for path in moved)}"]
+        moved, notes = move_into_place(root, output_dir, force)
+        installed = f"installed {', '.join(str(path) for path in moved)}" if moved else "already installed: nothing changed"
+        return lines + notes + [installed]
     finally:
         shutil.rmtree(staging, ignore_errors=True)

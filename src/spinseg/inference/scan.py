@@ -45,7 +45,8 @@ from scipy import ndimage
 from spinseg.constants import ATLAS_SHAPE
 from spinseg.data.transforms import Normalization
 from spinseg.errors import UserInputError, fail, warn
-from spinseg.io.files import atomic_path
+from spinseg.io.budgets import check_nifti_header, check_output_folder
+from spinseg.io.files import atomic_path, remove_stale_temporaries
 from spinseg.io.progress import progress_bar
 from spinseg.recipes.preprocessing import PreprocessingFlags
 
@@ -183,10 +184,11 @@ def load_scan(path: str | os.PathLike) -> nib.Nifti1Image:
         raise fail(path, "input not found")
     try:
         image = nib.load(path)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as error:
+    except Exception as error:  # noqa: BLE001 - issue 16: any failure of nibabel's parser is the file's fault
         raise fail(path, f"not a readable NIfTI image ({describe_read_error(error)})") from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise fail(path, f"not a NIfTI image ({type(image).__name__})")
+    check_nifti_header(path, image)  # issue 16: budget and complex check before any voxel is read
     return image
 
 
@@ -216,7 +218,7 @@ def scan_data(image: nib.Nifti1Image, name: str | os.PathLike = "input") -> np.n
         raise fail(name, "the header's voxel-to-world affine is singular or not finite")
     try:
         data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
-    except (OSError, EOFError, ValueError, TypeError, zlib.error) as error:
+    except Exception as error:  # noqa: BLE001 - issue 16: any decoding failure is the file's fault
         raise fail(name, f"cannot read the voxels ({describe_read_error(error)})") from None
     finite = np.isfinite(data)
     if not finite.all():
@@ -435,12 +437,17 @@ def run_predict(
     amp: bool = False,
     save_probability: bool = False,
     report_extra: dict | None = None,
+    overwrite: bool = False,
 ) -> list[str]:
     """Segments every input scan into ``output_dir``; returns the one-line errors of scans that failed.
+
+    Before any work (:func:`check_predict_outputs`): no output may be one of the inputs, an existing
+    output is refused unless ``overwrite``, and the folder must be writable with room.
 
     A failing scan (unreadable, 4-D, NaN, empty...) prints its error line, writes nothing and
     does not stop the others.
     """
+    check_predict_outputs(inputs, output_dir, save_probability, overwrite)
     output_dir.mkdir(parents=True, exist_ok=True)
     errors = []
     # No bar when stderr is not a terminal, so logs hold only the error lines.
@@ -470,3 +477,39 @@ def run_predict(
             continue
         print(f"{name}: {report['lesion_volume_ml']:.3f} ml in {report['n_lesions']} lesion(s) -> {paths['mask']}", flush=True)
     return errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 16: predict never clobbers a file it did not create in this run, nor any of its inputs.
+
+
+def check_predict_outputs(inputs: list[Path], output_dir: Path, save_probability: bool, overwrite: bool) -> None:
+    """Refuses, before the first forward pass, a run that would write over one of its inputs, over an
+    existing file (without ``overwrite``), or into a folder that is not writable or lacks room.
+
+    Temporaries left by a predict killed mid-write (hidden, never trusted) are removed first.
+    """
+    planned = []
+    for path in inputs:
+        paths = output_paths(output_dir, scan_name(path))
+        planned += [target for key, target in paths.items() if save_probability or key != "probability"]
+    resolved_inputs = {path.resolve(): path for path in inputs}
+    for target in planned:
+        if target.resolve() in resolved_inputs:
+            raise fail(target, "is one of the inputs; predict never writes over its inputs (choose another --output)")
+    existing = [target for target in planned if target.exists() or target.is_symlink()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise fail(existing[0], f"exists{more}; predict does not replace files it did not write in this run "
+                                "(give --overwrite to replace them, or another --output)")
+    check_output_folder(output_dir, sum(estimated_output_bytes(path, save_probability) for path in inputs), "--output")
+    remove_stale_temporaries(planned)
+
+
+def estimated_output_bytes(path: Path, save_probability: bool) -> int:
+    """A generous estimate of one scan's outputs: uncompressed mask (+ float32 probabilities), QC and report."""
+    try:
+        voxels = int(np.prod(nib.load(path).header.get_data_shape()[:3]))
+    except Exception:  # noqa: BLE001 - an unreadable scan fails later with its own line; count it as small
+        voxels = 0
+    return voxels * (5 if save_probability else 1) + 2**20

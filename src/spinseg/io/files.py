@@ -63,6 +63,32 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
-    """Reads non-empty, stripped lines of a text file."""
-    with open(path) as stream:
+    """Reads non-empty, stripped lines of a UTF-8 text file (a byte-order mark and CRLF line ends are fine)."""
+    with open(path, encoding="utf-8-sig") as stream:
         return [line.strip() for line in stream if line.strip()]
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporary files :func:`atomic_path` left beside ``path`` when its process was killed mid-write.
+
+    They are hidden (``.<name>.<8 random characters><suffix>``) and never trusted by any reader; a
+    rerun removes them with :func:`remove_stale_temporaries`.
+    """
+    import glob
+    import re
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\..+")
+    return [item for item in path.parent.glob(f".{glob.escape(path.name)}.*") if pattern.fullmatch(item.name)]
+
+
+def remove_stale_temporaries(paths) -> int:
+    """Deletes the :func:`stale_temporaries` of every path in ``paths``; returns how many."""
+    removed = 0
+    for path in paths:
+        for temporary in stale_temporaries(path):
+            temporary.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from spinseg.errors import fail
+from spinseg.io.budgets import check_checkpoint_file
 from spinseg.io.files import atomic_path
 from spinseg.models import build_model, keras_weights, kiunet
 
@@ -31,35 +33,113 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise fail(path, "checkpoint not found")
+    check_checkpoint_file(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles on stderr; the error line says it all
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        refused_global = unsafe_global(error) or disallowed_global_in_file(path)
+        if refused_global is None:
+            # Not a pickle with forbidden globals: a text stub, random bytes, a safetensors file...
+            raise fail(path, f"not a readable PyTorch checkpoint ({not_a_checkpoint_reason(path, error)})") from None
         raise fail(
             path,
-            f"refused: it holds more than weights ({unsafe_load_reason(error)}); loading it could run code, "
+            f"refused: it holds more than weights (it would call {refused_global}); loading it could run code, "
             "and spinseg only loads weights (torch.load weights_only=True)",
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        raise fail(path, f"not a readable PyTorch checkpoint ({type(error).__name__})") from None
+    except Exception as error:  # noqa: BLE001 - issue 16: any failure of torch's parser is the file's fault
+        refused_global = disallowed_global_in_file(path)
+        if refused_global is not None:
+            raise fail(path, f"refused: it holds more than weights (it would call {refused_global}); loading it could "
+                             "run code, and spinseg only loads weights (torch.load weights_only=True)") from None
+        raise fail(path, f"not a readable PyTorch checkpoint ({not_a_checkpoint_reason(path, error)})") from None
     if not isinstance(checkpoint, dict):
         raise fail(path, f"expected a dict of state dicts, found {type(checkpoint).__name__}")
     return checkpoint
 
 
-def unsafe_load_reason(error: Exception) -> str:
-    """The useful part of torch's multi-paragraph weights-only refusal, e.g. "GLOBAL posix.system".
+def first_line(error: BaseException, limit: int = 120) -> str:
+    """The first line of an exception's message, ANSI colour codes removed, at most ``limit`` characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    return (text.splitlines() or [type(error).__name__])[0][:limit]
+
+
+def unsafe_global(error: Exception) -> str | None:
+    """The global torch's weights-only unpickler refused, e.g. ``"posix.system"``; None when the file was
+    not refused for a global (then it is no pickle with code in it, just not a checkpoint).
 
     torch's message starts with generic advice (including re-running with ``weights_only=False``,
-    which we never do); the line naming the refused global is the one a user can act on.
+    which we never do); torch words it differently by case ("Unsupported global: GLOBAL getattr ...",
+    "Trying to load unsupported GLOBAL posix.system whose module posix is blocked"); the global's
+    name after "GLOBAL" is the constant.
     """
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch highlights part of it with ANSI codes
-    # torch words it differently by case ("Unsupported global: GLOBAL getattr ...", "Trying to load
-    # unsupported GLOBAL posix.system whose module posix is blocked"); the global's name is the constant.
     match = re.search(r"GLOBAL ([\w.]+)", text)
-    if match:
-        return f"it would call {match.group(1)}"
-    lines = [line.strip() for line in text.splitlines() if "unsupported" in line.lower() or "WeightsUnpickler" in line]
-    return lines[0][:160] if lines else "objects other than tensors, dicts, lists and numbers"
+    return match.group(1) if match else None
+
+
+def pickle_globals(data: bytes) -> list[str]:
+    """``module.name`` of every global the pickles in ``data`` (one or several, concatenated) would
+    import, read with ``pickletools`` (nothing is executed); stops quietly at damaged data."""
+    import io
+    import pickletools
+
+    found, stream = [], io.BytesIO(data)
+    while stream.tell() < len(data):
+        strings: list[str] = []
+        try:
+            for opcode, argument, _ in pickletools.genops(stream):
+                if opcode.name == "GLOBAL":
+                    found.append(str(argument).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(argument, str):
+                    strings.append(argument)
+        except Exception:  # noqa: BLE001 - damaged data ends the scan; what was found stands
+            break
+    return found
+
+
+def disallowed_global_in_file(path: Path) -> str | None:
+    """The first global a pickle in ``path`` (raw, or ``*.pkl`` inside a torch zip) names outside torch's
+    weights-only allow-list; None when there is none (then the file is damaged, not dangerous)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError):
+        allowed = set()
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                blobs = [archive.read(name) for name in archive.namelist() if name.endswith(".pkl")]
+        else:
+            blobs = [path.read_bytes()]
+    except Exception:  # noqa: BLE001 - unreadable: nothing to name
+        return None
+    for blob in blobs:
+        for name in pickle_globals(blob):
+            if name not in allowed and not name.startswith("torch."):
+                return name
+    return None
+
+
+def not_a_checkpoint_reason(path: Path, error: Exception) -> str:
+    """Why a file torch could not unpickle is no checkpoint: names a safetensors file under a ``.pth`` name."""
+    with open(path, "rb") as stream:
+        head = stream.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "it is a safetensors file; give it a .safetensors name"
+    if not head:
+        return "empty file"
+    if head[:2] == b"PK" and not zipfile.is_zipfile(path):
+        return "truncated or damaged zip"
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        return "neither a PyTorch zip nor a pickle file"
+    if isinstance(error, pickle.UnpicklingError):
+        return "damaged pickle data"  # torch's own message opens with generic advice, not the cause
+    return f"damaged: {type(error).__name__}: {first_line(error, 80)}"
 
 
 def is_state_dict(checkpoint: dict) -> bool:
@@ -95,7 +175,18 @@ def load_state_dict_checked(module: nn.Module, state_dict: dict, path, what: str
     mismatch = describe_mismatch(expected, state_dict)
     if mismatch:
         raise fail(path, f"checkpoint does not fit {what}: {mismatch}")
+    check_finite_weights(state_dict, path)
     module.load_state_dict(state_dict, strict=True)
+
+
+def check_finite_weights(state_dict: dict, path) -> None:
+    """Issue 16: one NaN/Inf weight makes every prediction empty with exit 0; refuse it when loaded."""
+    bad = {key: int((~torch.isfinite(value)).sum()) for key, value in state_dict.items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()}
+    if bad:
+        shown = ", ".join(f"{key} ({count})" for key, count in list(bad.items())[:3])
+        raise fail(path, f"{sum(bad.values())} weight(s) are NaN or Inf, in {shown}{' ...' if len(bad) > 3 else ''}; "
+                         "the checkpoint is damaged or its training diverged")
 
 
 def model_from_checkpoint(checkpoint: dict, path, name: str, **config) -> nn.Module:
@@ -243,21 +334,27 @@ def export_safetensors(checkpoint_path: str | os.PathLike, output_path: str | os
 
 def load_safetensors(path: str | os.PathLike, name: str, **config) -> nn.Module:
     """Builds model ``name`` from a ``.safetensors`` file written by :func:`export_safetensors`."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise fail(path, "checkpoint not found")
+    check_checkpoint_file(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise fail(path, f"not a readable safetensors file ({str(error)[:120]})") from None
+    except Exception as error:  # noqa: BLE001 - issue 16: SafetensorError, but also OSError, ValueError...
+        raise fail(path, f"not a readable safetensors file ({first_line(error)})") from None
     saved_name = metadata.get("model_name", name)
     if saved_name != name:
         raise fail(path, f"checkpoint of model {saved_name!r}, not {name!r}")
-    saved_config = json.loads(metadata.get("model_config", "{}"))
+    try:
+        saved_config = json.loads(metadata.get("model_config", "{}"))
+    except json.JSONDecodeError as error:
+        raise fail(path, f"metadata model_config is not JSON ({error})") from None
+    if not isinstance(saved_config, dict):
+        raise fail(path, f"metadata model_config is not a JSON object (found {type(saved_config).__name__})")
     model = build_model(name, **{**saved_config, **config})
     load_state_dict_checked(model, state_dict, path, f"model {name!r}")
     return model

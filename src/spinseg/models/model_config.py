@@ -16,12 +16,30 @@ def parse_model_config(text: str) -> dict:
         # fail on long inline configs: the name is too long for the file system).
         source = text if text.lstrip().startswith("{") else Path(text).read_text()
         config = json.loads(source)
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserInputError(f"--model_config {text[:80]!r}: not a JSON object or JSON file ({error})") from None
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or not UTF-8 (issue 16)
+        raise UserInputError(f"--model_config {text[:80]!r}: not a JSON object or JSON file "
+                             f"({(str(error).splitlines() or [type(error).__name__])[0][:120]})") from None
     if not isinstance(config, dict):
         raise UserInputError(f"--model_config {text[:80]!r}: expected a JSON object")
     # A release-style config file (as in tests/fixtures) nests the constructor arguments under "config".
-    return config.get("config", config) if set(config) <= {"config", "n_parameters", "input_shape", "output_shapes"} else config
+    config = config.get("config", config) if set(config) <= {"config", "n_parameters", "input_shape", "output_shapes"} else config
+    check_model_config_counts(config, text)
+    return config
+
+
+# Keys whose numbers are counts of filters or channels: each must be a whole number >= 1.
+COUNT_KEY_WORDS = ("filter", "channels")
+
+
+def check_model_config_counts(config: dict, source: str) -> None:
+    """Issue 16: a negative or zero filter/channel count ended in a torch traceback; refuse it in one
+    line naming ``--model_config`` (the file or the inline JSON) and the key."""
+    for key, value in config.items():
+        if not isinstance(key, str) or not any(word in key for word in COUNT_KEY_WORDS):
+            continue
+        for item in value if isinstance(value, list) else ([] if value is None else [value]):
+            if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+                raise UserInputError(f"--model_config {source[:80]!r}: {key} must hold whole numbers >= 1 (found {item!r})")
 
 
 

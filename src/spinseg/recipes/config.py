@@ -181,14 +181,11 @@ def schedule_value(values: list, schedule: list[int], epoch: int):
 
 def validate_train_config(config: TrainConfig) -> None:
     """Raises a one-line ``UserInputError`` for a value no training run can use."""
-    problems = []
-    if config.n_batch < 1:
-        problems.append(f"--n_batch must be >= 1 (got {config.n_batch})")
+    problems = numeric_problems(dataclasses.asdict(config))  # issue 16: the one range table
     if config.n_chunk < 1 or config.n_chunk % 2 == 0:
         problems.append(f"--n_chunk must be odd and >= 1 (got {config.n_chunk})")
-    # ``not rate > 0`` rather than ``rate <= 0``: NaN compares false both ways and must be refused too.
-    if not config.learning_rates or any(not (rate > 0 and math.isfinite(rate)) for rate in config.learning_rates):
-        problems.append(f"--learning_rates must be positive and finite (got {config.learning_rates})")
+    if not config.learning_rates or not config.dataset_stddevs:
+        problems.append("--learning_rates and --dataset_stddevs need at least one value")
     if len(config.learning_rates) != len(config.learning_schedule):
         problems.append("--learning_rates and --learning_schedule need the same number of entries")
     if any(b <= a for a, b in zip(config.learning_schedule, config.learning_schedule[1:])) or any(
@@ -197,23 +194,13 @@ def validate_train_config(config: TrainConfig) -> None:
         problems.append(f"--learning_schedule must be positive and increasing (got {config.learning_schedule})")
     if len(config.augmentation_probabilities) != len(config.augmentation_schedule):
         problems.append("--augmentation_probabilities and --augmentation_schedule need the same number of entries")
-    if any(not 0 <= p <= 1 for p in config.augmentation_probabilities + config.positive_class_sample_rates):
-        problems.append("probabilities must lie in [0, 1]")
     if len(config.positive_class_sample_rates) != len(config.positive_class_sample_schedule):
         problems.append("--positive_class_sample_rates and --positive_class_sample_schedule need the same number of entries")
     if config.crop_shape and (len(config.crop_shape) != 2 or min(config.crop_shape) < 8):
         problems.append(f"--crop_shape needs two sizes >= 8 (got {config.crop_shape})")
-    if not (config.w_positive_class > 0 and math.isfinite(config.w_positive_class)):
-        problems.append(f"--w_positive_class must be positive (got {config.w_positive_class})")
-    if not config.w_weight_decay >= 0:
-        problems.append(f"--w_weight_decay must be >= 0 (got {config.w_weight_decay})")
-    if not config.augmentation_noise_spread >= 0 or not config.augmentation_rotate >= 0:
-        problems.append("--augmentation_noise_spread and --augmentation_rotate must be >= 0")
     resize = config.augmentation_resize_and_pad
     if len(resize) != 2 or not 0 < resize[0] <= resize[1]:
         problems.append(f"--augmentation_resize_and_pad needs two factors 0 < low <= high (got {resize})")
-    if config.val_batch_size < 1 or config.n_workers < 0 or config.n_thread < 0:
-        problems.append("--val_batch_size must be >= 1, --n_workers and --n_thread >= 0")
     if config.max_steps == 0 or config.max_steps < -1:
         problems.append(f"--max_steps must be >= 1, or -1 for the whole schedule (got {config.max_steps})")
     if config.loss_func_segmentation not in LOSS_NAMES:
@@ -224,11 +211,90 @@ def validate_train_config(config: TrainConfig) -> None:
         problems.append("--n_summary and --n_checkpoint must be >= 1, --n_validation >= 0")
     if config.dataset_normalization not in ("standard", "none"):
         problems.append(f"--dataset_normalization must be standard or none (got {config.dataset_normalization!r})")
-    if not config.dataset_stddevs or any(not s > 0 for s in config.dataset_stddevs):
-        problems.append("--dataset_stddevs must be positive")
     if len(config.dataset_means) != len(config.dataset_stddevs):
         problems.append("--dataset_means and --dataset_stddevs need the same number of entries")
     if bool(config.val_multimodal_scan_paths) != bool(config.val_ground_truth_path):
         problems.append("give both --val_multimodal_scan_paths and --val_ground_truth_path, or neither")
     if problems:
         raise UserInputError("invalid training configuration: " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 16: every numeric flag of every command is range-checked here, by name, in one table.
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric flag admits: ``low``/``high`` (None: unbounded), open or closed; always finite."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def admits(self, value) -> bool:
+        """True when ``value`` (a number) lies within the bounds; NaN and Inf never do."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.open_high else value <= self.high)
+
+    def describe(self) -> str:
+        """``"must be >= 1"``, ``"must lie in (0, 1)"``..."""
+        if self.low is not None and self.high is not None:
+            return f"must lie in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+        if self.low is not None:
+            return f"must be {'>' if self.open_low else '>='} {self.low:g}"
+        return f"must be {'<' if self.open_high else '<='} {self.high:g}"
+
+
+POSITIVE = Bounds(0, open_low=True)
+NUMERIC_BOUNDS: dict[str, Bounds] = {
+    # counts
+    "n_batch": Bounds(1), "batch_size": Bounds(1), "val_batch_size": Bounds(1), "n_chunk": Bounds(1),
+    "n_workers": Bounds(0), "n_thread": Bounds(0), "n_summary": Bounds(1), "n_checkpoint": Bounds(1),
+    "n_validation": Bounds(0), "max_steps": Bounds(-1), "seed": Bounds(0),
+    # schedules, in epochs (-1: forever)
+    "learning_schedule": Bounds(1), "augmentation_schedule": Bounds(-1), "positive_class_sample_schedule": Bounds(-1),
+    # weights, rates and sizes
+    "learning_rates": POSITIVE, "w_positive_class": POSITIVE, "w_weight_decay": Bounds(0),
+    "dataset_stddevs": POSITIVE, "dataset_means": Bounds(), "voxel_volume_ml": POSITIVE, "boundary_tolerance_mm": Bounds(0),
+    "augmentation_rotate": Bounds(0, 180), "augmentation_noise_spread": Bounds(0),
+    "augmentation_resize_and_pad": POSITIVE, "crop_shape": Bounds(8),
+    # probabilities and thresholds
+    "augmentation_probabilities": Bounds(0, 1), "positive_class_sample_rates": Bounds(0, 1),
+    "threshold": Bounds(0, 1, open_low=True, open_high=True), "probe_timeout": POSITIVE,
+}
+
+
+def numeric_problems(values: dict) -> list[str]:
+    """``"--name value: must be ..."`` for every entry of ``values`` (flag name -> number or list of
+    numbers) that :data:`NUMERIC_BOUNDS` does not admit; names without bounds are not checked."""
+    problems = []
+    for name, value in values.items():
+        bounds = NUMERIC_BOUNDS.get(name)
+        if bounds is None or value is None:
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        bad = [item for item in items if not bounds.admits(item)]
+        if bad:
+            problems.append(f"--{name} {' '.join(f'{item:g}' if isinstance(item, float) else str(item) for item in bad)}: "
+                            f"{bounds.describe()}")
+    return problems
+
+
+def check_numeric_flags(values: dict) -> None:
+    """Raises one line listing every out-of-range number of ``values`` (see :func:`numeric_problems`)."""
+    problems = numeric_problems(values)
+    if problems:
+        raise UserInputError("; ".join(problems))
+
+
+def validate_evaluate_config(config: "EvaluateConfig") -> None:
+    """Raises a one-line ``UserInputError`` for an evaluation setting no run can use, before any work."""
+    problems = numeric_problems(dataclasses.asdict(config))
+    if config.n_chunk is not None and config.n_chunk % 2 == 0:
+        problems.append(f"--n_chunk {config.n_chunk}: must be odd (slices centred on the one predicted)")
+    if problems:
+        raise UserInputError("invalid evaluation configuration: " + "; ".join(problems))

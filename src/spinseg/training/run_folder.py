@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
+import socket
+import time
 from pathlib import Path
 
 from spinseg.errors import UserInputError, fail, warn
+from spinseg.io.budgets import probe_writable
 from spinseg.models.checkpoint import read_checkpoint
 
 CHECKPOINT_PATTERN = "model-{step:08d}.pth"
@@ -70,16 +72,55 @@ def check_writable(directory: Path, bytes_needed: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise fail(directory, f"cannot create the checkpoint folder ({error.strerror or error})") from None
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise fail(directory, "checkpoint folder is not writable (permission denied)")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
-        try:
-            os.write(handle, b"0")
-            os.fsync(handle)
-        finally:
-            os.close(handle)
-            os.unlink(probe)
-    except OSError as error:
-        raise fail(directory, f"checkpoint folder is not writable ({error.strerror or error})") from None
+    probe_writable(directory, "checkpoint folder")
     check_free_space(directory, bytes_needed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder's lock: one training writes to a run folder at a time.
+
+LOCK_NAME = ".spinseg-train.lock"
+# Locks this process holds, by resolved folder: a second train() in the same process (tests,
+# notebooks) takes the folder over instead of locking itself out.
+HELD_LOCKS: dict[Path, object] = {}
+
+
+def lock_run_folder(directory: Path) -> None:
+    """Locks ``directory`` (which must exist) for this process until :func:`unlock_run_folder` or exit.
+
+    An advisory ``flock`` on ``<run>/.spinseg-train.lock``: the kernel drops it when the holder dies
+    (even by SIGKILL), so a stale lock never blocks a resume. The file records the holder's pid and
+    host; a second trainer gets one line naming them. Where ``fcntl`` is missing (Windows) no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return
+    key = directory.resolve()
+    if key in HELD_LOCKS:
+        return
+    lock_path = directory / LOCK_NAME
+    try:
+        stream = open(lock_path, "a+")
+    except OSError as error:
+        raise fail(lock_path, f"cannot create the run folder's lock ({error.strerror or error})") from None
+    try:
+        fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        stream.seek(0)
+        holder = stream.read().strip() or "another process"
+        stream.close()
+        raise fail(directory, f"in use by another training ({holder}); wait for it to end or choose another "
+                              "--checkpoint_path") from None
+    stream.seek(0)
+    stream.truncate()
+    stream.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    stream.flush()
+    HELD_LOCKS[key] = stream
+
+
+def unlock_run_folder(directory: Path) -> None:
+    """Releases this process's lock on ``directory`` (closing the file drops the ``flock``)."""
+    stream = HELD_LOCKS.pop(directory.resolve(), None)
+    if stream is not None:
+        stream.close()

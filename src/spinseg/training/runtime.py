@@ -123,3 +123,12 @@ def shutdown_distributed() -> None:
     gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def ignore_interrupt_in_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGINT, so Ctrl-C (sent to the whole process group)
+    interrupts only the main process, which stops them and exits 130 with one line instead of each
+    worker printing a ``KeyboardInterrupt`` traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -51,10 +51,13 @@ from spinseg.training.run_folder import (
     check_free_space,
     check_writable,
     latest_complete_checkpoint,
+    lock_run_folder,
     remove_stale_temporaries,
+    unlock_run_folder,
 )
 from spinseg.training.runtime import (
     DistributedContext,
+    ignore_interrupt_in_worker,
     init_distributed,
     native_bf16,
     rng_state,
@@ -273,6 +276,7 @@ def build_training_data(config: TrainConfig, context: DistributedContext, device
         persistent_workers=False,
         generator=loader_generator,
         drop_last=drop_last,
+        worker_init_fn=ignore_interrupt_in_worker,  # Ctrl-C reaches only the main process
     )
     steps_per_epoch = (sampler.num_samples // per_process_batch) if drop_last else math.ceil(sampler.num_samples / per_process_batch)
     return TrainingData(dataset, sampler, loader, loader_generator, per_process_batch, steps_per_epoch)
@@ -298,6 +302,8 @@ def build_run(config: TrainConfig) -> TrainingRun:
     # Loss and optimiser by name: SPiN's (cross_entropy, adam) or a baseline's release recipe.
     optimizer = build_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad],
                                 config.learning_rates[0], config.w_weight_decay)
+    if context.is_main and checkpoint_dir.is_dir():
+        lock_run_folder(checkpoint_dir)  # before a resume cleans or reads the folder
     step, best, loss = restore_training_state(config, checkpoint_dir, model, model_config, optimizer)
 
     model.to(device)
@@ -307,6 +313,7 @@ def build_run(config: TrainConfig) -> TrainingRun:
     checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     if context.is_main:
         check_writable(checkpoint_dir / "checkpoints", checkpoint_bytes)
+        lock_run_folder(checkpoint_dir)  # a second trainer on this folder stops with one line naming the holder
     forward_model = wrap_for_training(model, config, context, device)
 
     data = build_training_data(config, context, device, inputs, normalization)
@@ -503,6 +510,7 @@ def train(config: TrainConfig) -> dict:
     finish_run(run)
     seconds = time.time() - start_time
     if run.context.is_main:
+        unlock_run_folder(run.checkpoint_dir)
         print(f"done: {run.step} steps in {seconds:.0f} s, last loss {run.loss:.4f}; checkpoints in {run.checkpoint_dir}", flush=True)
     return {
         "steps": run.step,
