@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from spinseg.acceleration.inference import predict_volume_fast, prepare_inference_model
-from spinseg.data.images import is_rgb_image_file, load_image, load_mask, predict_image
+from spinseg.data.images import is_rgb_image_file, load_image, load_mask
 from spinseg.data.transforms import Normalization
 from spinseg.data.volumes import (
     check_same_shape,
@@ -19,7 +19,7 @@ from spinseg.data.volumes import (
 from spinseg.errors import UserInputError, fail
 from spinseg.evaluation import reporting
 from spinseg.evaluation.metrics import pooled_release_metrics
-from spinseg.inference.predictor import predict_volume
+from spinseg.inference.predictor import InferenceOptions, predict_image, predict_volume, prepare_for_inference
 from spinseg.io.figures import save_overlay_montage, save_slice_panel
 from spinseg.io.files import write_json, write_text
 from spinseg.models.checkpoint import load_model
@@ -72,14 +72,15 @@ def evaluate(config: EvaluateConfig) -> dict:
     model_config = model_input_config(config.model_name, config.n_chunk, 1, parse_model_config(config.model_config))
     model = load_model(config.restore_path, config.model_name, **model_config).to(device)
     normalization = Normalization(config.dataset_normalization, config.dataset_means, config.dataset_stddevs)
+    options = inference_options(config, normalization, device)
     output = Path(config.output_path)
     method = config.method_name or config.model_name.upper().replace("SPIN", "SPiN")
     if is_rgb_image_file(scan_paths[0]):
-        return evaluate_images(config, model, normalization, device, scan_paths, ground_truth_paths, output, method)
+        # 2-D images run the model as trained (the prepared path is measured on volumes only).
+        return evaluate_images(config, model, replace(options, prepare=False), scan_paths, ground_truth_paths, output, method)
     # Every volume is checked before the first output is written.
     check_volume_pairs(scan_paths, ground_truth_paths)
-    if not config.plain_inference:
-        model = prepare_inference_model(model)
+    model = prepare_for_inference(model, options)
 
     records, montages, small_gts, small_preds = [], {}, [], []
     started = time.time()
@@ -89,8 +90,8 @@ def evaluate(config: EvaluateConfig) -> dict:
         scan, ground_truth = load_volume(scan_path), load_volume(ground_truth_path)
         check_same_shape(scan, scan_path, ground_truth, ground_truth_path)
         ground_truth = np.asarray(ground_truth) > 0
-        probabilities = volume_probabilities(model, scan, config, normalization, device)
-        prediction = probabilities > 0.5
+        probabilities, _ = predict_volume(model, scan, options)
+        prediction = probabilities > options.threshold
         subject = subject_id_from_path(scan_path)
         record = reporting.subject_record(subject, ground_truth, prediction, config.voxel_volume_ml)
         records.append(record)
@@ -150,14 +151,12 @@ def evaluate(config: EvaluateConfig) -> dict:
     return {"table2": table2, "table3": table3, "records": records, "output_path": str(output), "seconds": seconds}
 
 
-def volume_probabilities(model, scan: np.ndarray, config: EvaluateConfig, normalization, device) -> np.ndarray:
-    """Lesion probabilities (H, W, D) of one volume by the optimised path, or the plain one if asked."""
-    if config.plain_inference:
-        return predict_volume(model, scan, config.n_chunk, normalization, config.batch_size, device,
-                              config.test_time_flip, config.amp)
-    probabilities, _ = predict_volume_fast(model, scan, config.n_chunk, normalization, config.batch_size, device,
-                                           amp=config.amp, test_time_flip=config.test_time_flip)
-    return probabilities
+def inference_options(config: EvaluateConfig, normalization: Normalization, device) -> InferenceOptions:
+    """The evaluation's inference: prepared model and background skipping, or the plain path with ``--plain_inference``."""
+    return InferenceOptions(
+        normalization=normalization, n_chunk=config.n_chunk, batch_size=config.batch_size, device=device, amp=config.amp,
+        test_time_flip=config.test_time_flip, prepare=not config.plain_inference, skip_background=not config.plain_inference,
+    )
 
 
 def read_small_lesion_slices(path: str, n_subjects: int) -> list[np.ndarray]:
@@ -177,7 +176,8 @@ def read_small_lesion_slices(path: str, n_subjects: int) -> list[np.ndarray]:
     return slices
 
 
-def evaluate_images(config: EvaluateConfig, model, normalization, device, image_paths, ground_truth_paths, output: Path, method: str) -> dict:
+def evaluate_images(config: EvaluateConfig, model, options: InferenceOptions, image_paths, ground_truth_paths, output: Path,
+                    method: str) -> dict:
     """2-D RGB data sets (GLaS, RITE): per-image DSC, IOU, precision, recall, averaged over images.
 
     Predictions are made on the stored image and resized to the ground truth's size, so scoring
@@ -189,9 +189,8 @@ def evaluate_images(config: EvaluateConfig, model, normalization, device, image_
     started = time.time()
     for image_path, ground_truth_path in zip(image_paths, ground_truth_paths):
         image, ground_truth = load_image(image_path), np.asarray(load_mask(ground_truth_path)) > 0
-        probabilities = predict_image(model, np.asarray(image), normalization, device, output_shape=ground_truth.shape,
-                                      test_time_flip=config.test_time_flip, amp=config.amp)
-        prediction = probabilities > 0.5
+        probabilities = predict_image(model, np.asarray(image), options, output_shape=ground_truth.shape)
+        prediction = probabilities > options.threshold
         name = Path(image_path).stem
         records.append({"subject_id": name, **release_metrics(ground_truth, prediction)})
         if config.do_visualize_predictions:

@@ -7,8 +7,8 @@ voxels of 1 mm, the template's affine), sliced along the last axis. Each input s
    outputs keep its (X, Y, Z, 1) shape),
 2. resampled (trilinear, in world coordinates, which also handles orientation and axis order)
    onto the MNI template grid -- skipped when it is already on it,
-3. segmented slice by slice with the 2.5-D model (:func:`spinseg.fast_inference.predict_volume_fast`
-   over a model from :func:`~spinseg.fast_inference.prepare_inference_model`: batch norm folded,
+3. segmented slice by slice with the 2.5-D model (:func:`spinseg.inference.predictor.predict_volume`
+   over a model from :func:`~spinseg.inference.predictor.prepare_for_inference`: batch norm folded,
    channels-last; every slice is run, so the probabilities equal the plain path's within float rounding),
 4. its probabilities resampled (trilinear) back onto the INPUT's grid and thresholded there,
 
@@ -34,7 +34,7 @@ import gzip
 import os
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -45,6 +45,7 @@ from scipy import ndimage
 from spinseg.constants import ATLAS_MEAN, ATLAS_SHAPE, ATLAS_STD
 from spinseg.data.transforms import Normalization
 from spinseg.errors import UserInputError, fail, warn
+from spinseg.inference.predictor import InferenceOptions, predict_volume
 from spinseg.io.files import atomic_path
 
 # The ATLAS R1.2 / MNI152 2009 grid, used when nilearn's copy of the template cannot be read.
@@ -284,13 +285,8 @@ def resample_linear(volume: np.ndarray, affine: np.ndarray, target: Grid) -> np.
 def predict_scan(
     model,
     image: nib.Nifti1Image,
-    n_chunk: int,
-    normalization: Normalization,
+    options: InferenceOptions,
     threshold: float = 0.5,
-    batch_size: int = 8,
-    device="cpu",
-    test_time_flip: bool = False,
-    amp: bool = False,
     name: str | os.PathLike = "input",
     template: Grid | None = None,
     warn=None,
@@ -302,7 +298,7 @@ def predict_scan(
     197 x 233 x 189 at 1 mm), segmented by the 2.5-D ``model`` (B, n_chunk, H, W) -> logits
     (B, 1, H, W), and the probabilities are resampled back onto the image's grid. The mask
     (uint8 0/1, ``> threshold``) and probabilities (float32 in [0, 1]) have exactly the image's
-    shape and affine. ``warn(message)`` is called once when the image does not look MNI-registered.
+    shape and affine. ``options`` say how the model runs (its ``skip_background`` is ignored). ``warn(message)`` is called once when the image does not look MNI-registered.
     """
     template = template or template_grid()
     data = scan_data(image, name)
@@ -316,14 +312,9 @@ def predict_scan(
         template_volume = data
     else:
         template_volume = resample_linear(data, grid.affine, template)
-    from spinseg.acceleration.inference import predict_volume_fast
-
     # Every slice is run (no background skipping): the probabilities, not only a 0.5 mask, are
     # resampled and thresholded at the user's threshold, so all of them must be the network's.
-    template_probabilities, _ = predict_volume_fast(
-        model, template_volume, n_chunk, normalization, batch_size, device, skip_background=False, amp=amp,
-        test_time_flip=test_time_flip,
-    )
+    template_probabilities, _ = predict_volume(model, template_volume, replace(options, skip_background=False))
     if on_template:
         probabilities = template_probabilities
     else:
@@ -340,8 +331,8 @@ def predict_scan(
         "mni_warning": bool(reasons),
         "mni_warning_reasons": reasons,
         "threshold": float(threshold),
-        "test_time_flip": bool(test_time_flip),
-        "n_chunk": int(n_chunk),
+        "test_time_flip": bool(options.test_time_flip),
+        "n_chunk": int(options.n_chunk),
         **lesion_statistics(mask, grid.affine),
     }
     mask_image = output_image(mask.reshape(image.shape), image, "spinseg lesion mask")
@@ -437,17 +428,14 @@ def run_predict(
     model,
     inputs: list[Path],
     output_dir: Path,
-    n_chunk: int,
-    normalization: Normalization,
+    options: InferenceOptions,
     threshold: float = 0.5,
-    batch_size: int = 8,
-    device="cpu",
-    test_time_flip: bool = False,
-    amp: bool = False,
     save_probability: bool = False,
     report_extra: dict | None = None,
 ) -> list[str]:
     """Segments every input scan into ``output_dir``; returns the one-line errors of scans that failed.
+
+    ``model`` runs as :func:`predict_scan` says; prepare it once (:func:`spinseg.inference.predictor.prepare_for_inference`).
 
     A failing scan (unreadable, 4-D, NaN, empty...) prints its error line, writes nothing and
     does not stop the others.
@@ -461,18 +449,15 @@ def run_predict(
         name = scan_name(path)
         try:
             image = load_scan(path)
-            mask_image, prob_image, report = predict_scan(
-                model, image, n_chunk, normalization, threshold, batch_size, device, test_time_flip, amp,
-                name=path, warn=warn,
-            )
+            mask_image, prob_image, report = predict_scan(model, image, options, threshold, name=path, warn=warn)
             paths = output_paths(output_dir, name)
             report = {
                 "name": name,
                 "input": str(path),
                 **(report_extra or {}),
                 **report,
-                "normalization": {"kind": normalization.kind, "means": list(normalization.means),
-                                  "stddevs": list(normalization.stddevs)},
+                "normalization": {"kind": options.normalization.kind, "means": list(options.normalization.means),
+                                  "stddevs": list(options.normalization.stddevs)},
                 "qc_grid": "input grid, reoriented to closest RAS for display",
                 "outputs": {key: str(value) for key, value in paths.items() if save_probability or key != "probability"},
             }
