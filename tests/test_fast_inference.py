@@ -260,3 +260,42 @@ def test_prepare_inference_model_can_compile_lazily():
     model.model_name = "spin"
     compiled = prepare_inference_model(model, compile=True)
     assert compiled.in_channels == 5 and compiled.model_name == "spin"
+
+
+@pytest.mark.parametrize("test_time_flip", [False, True])
+def test_plain_path_is_the_model_run_on_each_slice_window(test_time_flip):
+    """predict_volume's batching, padding and flip average equal the model applied to one window at a time."""
+    from spinseg.data.volumes import stack_slices
+
+    model = small_spin(seed=2)
+    volume = brain_volume(shape=(24, 28, 7), first=1, last=6)
+    actual, info = predict_volume(model, volume, replace(PLAIN, batch_size=3, test_time_flip=test_time_flip))
+    assert info["slices_run"] == volume.shape[-1] and info["slices_skipped"] == 0 and info["seconds"] > 0
+    with torch.inference_mode():
+        for index in range(volume.shape[-1]):
+            window = NORMALIZATION(torch.from_numpy(stack_slices(volume, index, 5, NORMALIZATION.pad_value())[None]))
+            expected = torch.sigmoid(model(window))
+            if test_time_flip:
+                expected = 0.5 * (expected + torch.sigmoid(model(window.flip(-1))).flip(-1))
+            # Batches of 3 and of 1 may sum in another order: float rounding only, far below any indexing error.
+            np.testing.assert_allclose(actual[..., index], expected[0, 0].numpy(), atol=1e-5, rtol=0)
+
+
+def test_a_model_is_prepared_once_not_per_volume(monkeypatch):
+    import spinseg.acceleration.inference as acceleration
+
+    calls = []
+    original = acceleration.prepare_inference_model
+    monkeypatch.setattr(acceleration, "prepare_inference_model", lambda model, **kwargs: calls.append(1) or original(model, **kwargs))
+    model, volume = small_spin(), brain_volume()
+    options = replace(OPTIMISED, skip_background=False)
+    assert prepare_for_inference(model, PLAIN) is model and calls == []  # the plain path runs the model itself
+    prepared = prepare_for_inference(model, options)
+    first, _ = predict_volume(prepared, volume, options)
+    second, _ = predict_volume(prepared, volume, options)
+    assert len(calls) == 1 and np.array_equal(first, second)
+    # An unprepared model given with preparing options is prepared by the call itself: same result.
+    third, _ = predict_volume(model, volume, options)
+    assert len(calls) == 2 and np.array_equal(first, third)
+    plain, _ = predict_volume(model, volume, PLAIN)
+    assert np.abs(first - plain).max() <= 1e-4

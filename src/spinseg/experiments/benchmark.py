@@ -4,9 +4,9 @@ For every model of the registry that imports (or those given with ``--models``),
 memory-mapped volumes of the ATLAS shape, in one run on one machine:
 
 * parameters and forward GFLOP per slice (``torch.utils.flop_counter.FlopCounterMode``);
-* inference seconds per volume: :func:`spinseg.inference.predict_volume` (plain) against
-  :func:`spinseg.fast_inference.predict_volume_fast` (folded batch norm, channels-last, background
-  slices skipped), their achieved GFLOP/s and its fraction of a measured fp32 matmul rate;
+* inference seconds per volume: :func:`spinseg.inference.predictor.predict_volume` with the plain
+  options against the optimised ones (folded batch norm, channels-last, background slices
+  skipped), their achieved GFLOP/s and its fraction of a measured fp32 matmul rate;
 * training slices per second: a plain eager Adam step against a channels-last one (and
   ``torch.compile`` with ``--compile``);
 * with ``--bf16`` (default: where the device computes bf16 in hardware, e.g. CPUs with
@@ -39,7 +39,6 @@ import torch.nn.functional as F
 
 from spinseg.errors import UserInputError
 
-ATLAS_SHAPE = (197, 233, 189)
 QUICK_SHAPE = (32, 36, 12)
 # Agreement tolerances between the plain and the optimised path (probabilities / relative loss).
 # bf16 autocast rounds every convolution to 8 mantissa bits, so its paths agree far more loosely.

@@ -47,6 +47,7 @@ from spinseg.data.transforms import Normalization
 from spinseg.errors import UserInputError, fail, warn
 from spinseg.inference.predictor import InferenceOptions, predict_volume
 from spinseg.io.files import atomic_path
+from spinseg.lesions import component_sizes, label_components
 
 # The ATLAS R1.2 / MNI152 2009 grid, used when nilearn's copy of the template cannot be read.
 TEMPLATE_FALLBACK_AFFINE = np.array(
@@ -58,8 +59,6 @@ MNI_TOLERANCE_MM = 20.0
 VOXEL_SIZE_RATIO = 1.6
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 OUTPUT_SUFFIXES = ("_lesion_mask", "_lesion_prob")  # our own outputs, skipped when a folder is scanned
-# 26-connectivity: voxels touching by a face, an edge or a corner belong to the same lesion.
-CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -247,8 +246,9 @@ def lesion_statistics(mask: np.ndarray, affine: np.ndarray) -> dict:
     in voxel indices and in world mm.
     """
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
-    labels, count = ndimage.label(mask > 0, structure=CONNECTIVITY_26)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    # 26-connectivity: voxels touching by a face, an edge or a corner belong to the same lesion.
+    labels, count = label_components(mask > 0, 26)
+    sizes = component_sizes(labels, count)
     centroids = ndimage.center_of_mass(mask > 0, labels, range(1, count + 1)) if count else []
     lesions = []
     for size, centroid in sorted(zip(sizes.tolist(), centroids), key=lambda item: -item[0]):
