@@ -441,26 +441,28 @@ def machine_description(device: torch.device) -> dict:
 def float_rounding_errors(model: torch.nn.Module, scan_path: str, n_chunk: int, normalization, n_slices: int = 4) -> dict:
     """How far fp32 probabilities of the plain and of the optimised model lie from float64 ones.
 
-    On ``n_slices`` middle slices: max |p_fp32 - p_fp64| for the plain model and for
-    :func:`prepare_inference_model`'s. Some networks (e.g. X-Net with sharp batch norms) amplify
+    On ``n_slices`` middle slices: max |p_fp32 - p_fp64| for the plain model and for the prepared
+    one, both run by :func:`spinseg.inference.predictor.predict_batch`. Some networks (e.g. X-Net with sharp batch norms) amplify
     fp32 rounding far beyond 1e-4 in the plain path already; there the optimised path is held to
     the plain path's own error instead of a fixed tolerance.
     """
     import copy
 
-    from spinseg.acceleration.inference import prepare_inference_model
     from spinseg.data.volumes import load_volume, stack_slices
+    from spinseg.inference.predictor import InferenceOptions, predict_batch, prepare_for_inference
 
     volume = load_volume(scan_path)
     middle = volume.shape[-1] // 2
     indices = range(max(middle - n_slices // 2, 0), min(middle - n_slices // 2 + n_slices, volume.shape[-1]))
-    inputs = normalization(torch.from_numpy(np.stack([stack_slices(volume, i, n_chunk, normalization.pad_value()) for i in indices])))
-    model.eval()
+    raw = torch.from_numpy(np.stack([stack_slices(volume, i, n_chunk, normalization.pad_value()) for i in indices]))
+    plain_options = InferenceOptions(normalization=normalization, n_chunk=n_chunk, prepare=False)
+    fast_options = InferenceOptions(normalization=normalization, n_chunk=n_chunk, prepare=True)
+    model = prepare_for_inference(model, plain_options)  # eval mode, as it is
     with torch.inference_mode():
-        exact = torch.sigmoid(copy.deepcopy(model).double()(inputs.double()))
-        plain = torch.sigmoid(model(inputs)).double()
-        fast = torch.sigmoid(prepare_inference_model(model)(inputs.contiguous(memory_format=torch.channels_last))).double()
-    return {"plain_vs_float64": float((plain - exact).abs().max()), "optimised_vs_float64": float((fast - exact).abs().max()),
+        exact = torch.sigmoid(copy.deepcopy(model).double()(normalization(raw).double()))[:, 0].numpy()
+    plain = predict_batch(model, raw, plain_options).astype(np.float64)
+    fast = predict_batch(prepare_for_inference(model, fast_options), raw, fast_options).astype(np.float64)
+    return {"plain_vs_float64": float(np.abs(plain - exact).max()), "optimised_vs_float64": float(np.abs(fast - exact).max()),
             "slices": list(indices)}
 
 

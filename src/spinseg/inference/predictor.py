@@ -75,6 +75,8 @@ def prepare_for_inference(model: nn.Module, options: InferenceOptions) -> nn.Mod
 def predict_batch(model: nn.Module, inputs: torch.Tensor, options: InferenceOptions) -> np.ndarray:
     """Probabilities of a raw (un-normalised) CPU batch (B, C, H, W) -> float32 (B, H, W) in [0, 1].
 
+    ``model`` is run as given: take it from :func:`prepare_for_inference` (eval mode, prepared or not).
+
     Normalised on the CPU, moved to ``options.device`` (channels-last for a prepared model),
     run under bf16 autocast when ``options.amp``; ``options.test_time_flip`` averages the sigmoid
     of the input and of its horizontally flipped copy (the release's ``average_flip``).
