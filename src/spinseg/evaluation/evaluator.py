@@ -76,7 +76,7 @@ def evaluate(config: EvaluateConfig) -> dict:
     output = Path(config.output_path)
     method = config.method_name or config.model_name.upper().replace("SPIN", "SPiN")
     if is_rgb_image_file(scan_paths[0]):
-        # 2-D images run the model as trained (the prepared path is measured on volumes only).
+        # 2-D images run the model as trained, as before the single inference path (their scores stay bit for bit).
         return evaluate_images(config, model, replace(options, prepare=False), scan_paths, ground_truth_paths, output, method)
     # Every volume is checked before the first output is written.
     check_volume_pairs(scan_paths, ground_truth_paths)

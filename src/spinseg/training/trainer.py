@@ -97,7 +97,7 @@ def validate(model, scan_paths, ground_truth_paths, config: TrainConfig, normali
     for scan_path, ground_truth_path in zip(scan_paths, ground_truth_paths):
         if is_rgb_image_file(scan_path):
             mask = np.asarray(load_mask(ground_truth_path))
-            # 2-D images run the training model itself (the prepared path is measured on volumes only).
+            # 2-D images run the training model itself, as before the single inference path (same scores bit for bit).
             probabilities = predict_image(model, np.asarray(load_image(scan_path)), replace(options, prepare=False),
                                           output_shape=mask.shape)
         else:
