@@ -7,13 +7,14 @@
     spinseg benchmark ...  = python -m spinseg.benchmark ...
     spinseg download ...   = python -m spinseg.download ...
     spinseg export ...     = python -m spinseg.export ...
+    spinseg score ...      = python -m spinseg.score ...
 """
 from __future__ import annotations
 
 import importlib
 import sys
 
-COMMANDS = ("train", "evaluate", "predict", "compare", "benchmark", "download", "export")
+COMMANDS = ("train", "evaluate", "predict", "compare", "benchmark", "download", "export", "score")
 
 
 def main(argv: list[str] | None = None) -> int:

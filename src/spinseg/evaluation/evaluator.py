@@ -18,6 +18,7 @@ from spinseg.data.volumes import (
 )
 from spinseg.errors import UserInputError, fail
 from spinseg.evaluation import reporting
+from spinseg.evaluation.boundary_metrics import boundary_metrics, isotropic_spacing_from_voxel_volume
 from spinseg.evaluation.metrics import pooled_release_metrics
 from spinseg.inference.predictor import InferenceOptions, predict_image, predict_volume, prepare_for_inference
 from spinseg.io.figures import save_overlay_montage, save_slice_panel
@@ -27,7 +28,7 @@ from spinseg.models.model_config import model_input_config, parse_model_config
 from spinseg.recipes.config import EvaluateConfig
 from spinseg.training.runtime import select_device
 
-KNOWN_METRIC_GROUPS = ("release", "challenge", "size")
+KNOWN_METRIC_GROUPS = ("release", "challenge", "size", "boundary")
 
 
 def subject_id_from_path(path: str) -> str:
@@ -94,6 +95,10 @@ def evaluate(config: EvaluateConfig) -> dict:
         prediction = probabilities > options.threshold
         subject = subject_id_from_path(scan_path)
         record = reporting.subject_record(subject, ground_truth, prediction, config.voxel_volume_ml)
+        if "boundary" in config.metrics:
+            # .npy volumes carry no header: cubic voxels of --voxel_volume_ml (1 mm on ATLAS).
+            record.update(boundary_metrics(ground_truth, prediction, isotropic_spacing_from_voxel_volume(config.voxel_volume_ml),
+                                           config.boundary_tolerance_mm))
         records.append(record)
         if small_lesion_slices is not None:
             slices = small_lesion_slices[index]
@@ -115,39 +120,19 @@ def evaluate(config: EvaluateConfig) -> dict:
         )
     seconds = time.time() - started
 
-    table2 = reporting.release_row_from_records(records)
-    if small_lesion_slices is not None:
-        table3 = pooled_release_metrics(small_gts, small_preds) if small_gts else None
-    else:
-        table3 = reporting.small_lesion_row_from_records(records)
+    table3 = None
+    if small_lesion_slices is not None and small_gts:
+        table3 = pooled_release_metrics(small_gts, small_preds)
     worst = {record["subject_id"]: montages[record["subject_id"]] for record in reporting.worst_subjects(records)}
     for subject, path in montages.items():
         if subject not in worst:
             Path(path).unlink(missing_ok=True)
 
-    lines = [f"{len(records)} subjects, {seconds:.1f} s ({seconds / max(len(records), 1):.1f} s per volume)", ""]
-    lines += ["Table 2 (per-subject 3-D metrics, mean over subjects):", reporting.format_table2_header(),
-              reporting.format_table2_row(method, table2), ""]
-    if table3 is not None:
-        lines += ["Table 3 (small-lesion slices, pooled):", reporting.format_table2_header(),
-                  reporting.format_table2_row(method, table3), ""]
-    else:
-        lines += ["Table 3: no small-lesion slices in these subjects", ""]
-    if "challenge" in config.metrics:
-        lines += ["Lesion-wise (ATLAS v2.0 / ISLES'22 conventions, mean ± std over subjects):",
-                  reporting.format_challenge_table(reporting.challenge_table(records)), ""]
-    if "size" in config.metrics:
-        lines += ["Detection by lesion size (3-D lesions, 26-connected, pooled):",
-                  reporting.format_size_table(reporting.size_table(records)), ""]
-    text = "\n".join(lines)
-    print(text, flush=True)
-    write_text(output / "results.txt", text + "\n")
-    write_json(output / "per_subject.json", records)
-    report_path = reporting.write_report(
-        output, records, f"{method} evaluation", release_row=table2, small_lesion_row=table3,
-        montage_paths=worst, method_name=method,
+    heading = [f"{len(records)} subjects, {seconds:.1f} s ({seconds / max(len(records), 1):.1f} s per volume)"]
+    written = reporting.write_evaluation_outputs(
+        output, records, method, config.metrics, heading, small_lesion_row=table3, montage_paths=worst,
     )
-    print(f"wrote {output / 'results.txt'}, {report_path}, per-subject CSV/JSON and plots in {output}", flush=True)
+    table2, table3 = written["table2"], written["table3"]
     return {"table2": table2, "table3": table3, "records": records, "output_path": str(output), "seconds": seconds}
 
 

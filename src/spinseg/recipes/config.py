@@ -103,6 +103,8 @@ class EvaluateConfig:
     n_thread: int = 0
     amp: bool = False
     voxel_volume_ml: float = 0.001
+    # NSD tolerance of --metrics boundary (spinseg.metrics).
+    boundary_tolerance_mm: float = 2.0
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:

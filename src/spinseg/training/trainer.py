@@ -33,11 +33,13 @@ from spinseg.inference.predictor import InferenceOptions, predict_image, predict
 from spinseg.io.files import write_json
 from spinseg.models import build_model
 from spinseg.models.checkpoint import (
+    load_model,
     load_state_dict_checked,
     model_from_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
+from spinseg.models.keras_weights import is_hdf5_file
 from spinseg.models.model_config import model_input_config, parse_model_config
 from spinseg.recipes.config import TrainConfig, schedule_value, validate_train_config
 from spinseg.training.run_folder import (
@@ -159,9 +161,12 @@ def train(config: TrainConfig) -> dict:
             restore, checkpoint = found
             check_resume_config(restore, checkpoint.get("train_config", {}), config)
             print(f"resuming from {restore}", flush=True)
-    if restore:
+    if restore and is_hdf5_file(restore):  # the authors' Keras weights: no optimizer or training state
+        checkpoint, loaded = {}, load_model(restore, config.model_name, **model_config)
+    elif restore:
         checkpoint = checkpoint if checkpoint is not None else read_checkpoint(restore)
         loaded = model_from_checkpoint(checkpoint, restore, config.model_name, **model_config)
+    if restore:
         # Strict, one-line check: a checkpoint of another configuration names the keys that differ.
         load_state_dict_checked(model, loaded.state_dict(), restore, f"model {config.model_name!r} as configured")
         if "optimizer_state_dict" in checkpoint:
