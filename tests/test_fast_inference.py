@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,17 +14,20 @@ from spinseg.models.model_config import parse_model_config
 from spinseg.acceleration.inference import (
     FusedConvolutionActivation,
     onednn_bf16_available,
-    background_windows,
     fold_space_to_depth,
     fuse_conv_batch_norm,
     fuse_convolution_activations,
     onednn_fusion_available,
-    predict_volume_fast,
     prepare_inference_model,
     space_to_depth_convolution,
     to_channels_last,
 )
-from spinseg.inference.predictor import predict_volume
+from spinseg.inference.predictor import (
+    InferenceOptions,
+    background_windows,
+    predict_volume,
+    prepare_for_inference,
+)
 from spinseg.models import build_model
 from spinseg.models.blocks import Conv2dBlock, space_to_depth
 from spinseg.models.layers_extra import ConvNormActivation
@@ -31,6 +35,9 @@ from spinseg.models.layers_extra import ConvNormActivation
 from conftest import SMALL_SPIN_CONFIG
 
 NORMALIZATION = Normalization()  # ATLAS mean/std: padding (the mean) is not background (0)
+# The plain path (the model as trained, every slice) and the optimised one (prepared model, background skipped).
+PLAIN = InferenceOptions(normalization=NORMALIZATION, n_chunk=5, batch_size=4, prepare=False)
+OPTIMISED = InferenceOptions(normalization=NORMALIZATION, n_chunk=5, batch_size=4, prepare=True, skip_background=True)
 
 
 def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -213,10 +220,9 @@ def test_background_windows_respect_padding():
 def test_fast_path_without_skipping_equals_plain_path(test_time_flip):
     model = small_spin()
     volume = brain_volume()
-    expected = predict_volume(model, volume, 5, NORMALIZATION, batch_size=4, test_time_flip=test_time_flip)
-    prepared = prepare_inference_model(model)
-    actual, info = predict_volume_fast(prepared, volume, 5, NORMALIZATION, batch_size=6, skip_background=False,
-                                       test_time_flip=test_time_flip)
+    expected, _ = predict_volume(model, volume, replace(PLAIN, test_time_flip=test_time_flip))
+    options = replace(OPTIMISED, batch_size=6, skip_background=False, test_time_flip=test_time_flip)
+    actual, info = predict_volume(prepare_for_inference(model, options), volume, options)
     assert actual.shape == volume.shape and actual.dtype == np.float32 and actual.flags.c_contiguous
     assert np.abs(actual - expected).max() <= 1e-4
     assert info["slices_skipped"] == 0 and info["slices_run"] == volume.shape[-1]
@@ -226,8 +232,8 @@ def test_skipping_background_keeps_the_mask_and_the_other_slices():
     # A strongly negative shift makes the background probability ~0, as for a trained network.
     model = ShiftedLogits(small_spin(), -20.0).eval()
     volume = brain_volume()
-    expected = predict_volume(model, volume, 5, NORMALIZATION, batch_size=4)
-    actual, info = predict_volume_fast(prepare_inference_model(model), volume, 5, NORMALIZATION, batch_size=4)
+    expected, _ = predict_volume(model, volume, PLAIN)
+    actual, info = predict_volume(prepare_for_inference(model, OPTIMISED), volume, OPTIMISED)
     skipped = background_windows(volume, 5, NORMALIZATION.pad_value(), 0.0)
     assert info["slices_skipped"] == int(skipped.sum()) == 2
     assert info["slices_run"] == volume.shape[-1] - 2 and not info["skip_disabled"]
@@ -240,8 +246,8 @@ def test_skipping_background_keeps_the_mask_and_the_other_slices():
 def test_skipping_turns_itself_off_when_background_would_be_segmented():
     model = ShiftedLogits(small_spin(), 20.0).eval()  # background probability ~1
     volume = brain_volume()
-    expected = predict_volume(model, volume, 5, NORMALIZATION, batch_size=4)
-    actual, info = predict_volume_fast(prepare_inference_model(model), volume, 5, NORMALIZATION, batch_size=4)
+    expected, _ = predict_volume(model, volume, PLAIN)
+    actual, info = predict_volume(prepare_for_inference(model, OPTIMISED), volume, OPTIMISED)
     assert info["slices_skipped"] == 0 and "would change the mask" in info["skip_disabled"]
     assert np.abs(actual - expected).max() <= 1e-4
     np.testing.assert_array_equal(actual > 0.5, expected > 0.5)
@@ -254,3 +260,42 @@ def test_prepare_inference_model_can_compile_lazily():
     model.model_name = "spin"
     compiled = prepare_inference_model(model, compile=True)
     assert compiled.in_channels == 5 and compiled.model_name == "spin"
+
+
+@pytest.mark.parametrize("test_time_flip", [False, True])
+def test_plain_path_is_the_model_run_on_each_slice_window(test_time_flip):
+    """predict_volume's batching, padding and flip average equal the model applied to one window at a time."""
+    from spinseg.data.volumes import stack_slices
+
+    model = small_spin(seed=2)
+    volume = brain_volume(shape=(24, 28, 7), first=1, last=6)
+    actual, info = predict_volume(model, volume, replace(PLAIN, batch_size=3, test_time_flip=test_time_flip))
+    assert info["slices_run"] == volume.shape[-1] and info["slices_skipped"] == 0 and info["seconds"] > 0
+    with torch.inference_mode():
+        for index in range(volume.shape[-1]):
+            window = NORMALIZATION(torch.from_numpy(stack_slices(volume, index, 5, NORMALIZATION.pad_value())[None]))
+            expected = torch.sigmoid(model(window))
+            if test_time_flip:
+                expected = 0.5 * (expected + torch.sigmoid(model(window.flip(-1))).flip(-1))
+            # Batches of 3 and of 1 may sum in another order: float rounding only, far below any indexing error.
+            np.testing.assert_allclose(actual[..., index], expected[0, 0].numpy(), atol=1e-5, rtol=0)
+
+
+def test_a_model_is_prepared_once_not_per_volume(monkeypatch):
+    import spinseg.acceleration.inference as acceleration
+
+    calls = []
+    original = acceleration.prepare_inference_model
+    monkeypatch.setattr(acceleration, "prepare_inference_model", lambda model, **kwargs: calls.append(1) or original(model, **kwargs))
+    model, volume = small_spin(), brain_volume()
+    options = replace(OPTIMISED, skip_background=False)
+    assert prepare_for_inference(model, PLAIN) is model and calls == []  # the plain path runs the model itself
+    prepared = prepare_for_inference(model, options)
+    first, _ = predict_volume(prepared, volume, options)
+    second, _ = predict_volume(prepared, volume, options)
+    assert len(calls) == 1 and np.array_equal(first, second)
+    # An unprepared model given with preparing options is prepared by the call itself: same result.
+    third, _ = predict_volume(model, volume, options)
+    assert len(calls) == 2 and np.array_equal(first, third)
+    plain, _ = predict_volume(model, volume, PLAIN)
+    assert np.abs(first - plain).max() <= 1e-4

@@ -17,10 +17,10 @@ from spinseg.data.images import (
     ImageTrainingDataset,
     compute_channel_statistics,
     is_rgb_image_file,
-    predict_image,
 )
 from spinseg.data.transforms import AugmentationConfig, Normalization
 from spinseg.errors import UserInputError
+from spinseg.inference.predictor import InferenceOptions, predict_image
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SMALL_SPIN_CONFIG = REPOSITORY / "tests" / "fixtures" / "spin_small_config.json"
@@ -332,11 +332,16 @@ def test_predict_image_returns_probabilities_at_image_or_requested_size(rite_pre
     torch.manual_seed(0)
     model = build_model("spin", **config)
     normalization = Normalization("standard", [80.0, 80.0, 80.0], [30.0, 30.0, 30.0])
-    probabilities = predict_image(model, image, normalization, "cpu")
+    plain = InferenceOptions(normalization=normalization, prepare=False)
+    probabilities = predict_image(model, image, plain)
     assert probabilities.shape == RITE_SHAPE and probabilities.dtype == np.float32
     assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
-    flipped = predict_image(model, image, normalization, "cpu", output_shape=(50, 31), test_time_flip=True)
+    flipped = predict_image(model, image, InferenceOptions(normalization=normalization, prepare=False, test_time_flip=True),
+                            output_shape=(50, 31))
     assert flipped.shape == (50, 31) and flipped.dtype == np.float32
+    # The prepared model (batch norm folded, channels-last) gives the same probabilities within float rounding.
+    prepared = predict_image(model, image, InferenceOptions(normalization=normalization, prepare=True))
+    assert np.abs(prepared - probabilities).max() <= 1e-4
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from conftest import (
 )
 from spinseg.inference import scan as predict
 from spinseg.recipes.preprocessing import Preprocessing, PreprocessingFlags
+from spinseg.inference.predictor import InferenceOptions
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL_CHECKPOINT = str(FIXTURES / "spin_small_original_format.pth")
@@ -165,11 +166,11 @@ def test_prepared_model_gives_the_plain_models_probabilities_and_mask(tmp_path, 
     grid = coarse_template()
     volume, _ = ellipsoid_brain(grid.shape, grid.affine, seed=3)
     nib.save(nib.Nifti1Image(volume, grid.affine), tmp_path / "scan.nii.gz")
-    import spinseg.acceleration.inference as fast_inference
+    import spinseg.acceleration.inference as acceleration
 
     prepared_models = []
-    original_prepare = fast_inference.prepare_inference_model
-    monkeypatch.setattr(fast_inference, "prepare_inference_model",
+    original_prepare = acceleration.prepare_inference_model
+    monkeypatch.setattr(acceleration, "prepare_inference_model",
                         lambda model, **kwargs: prepared_models.append(original_prepare(model, **kwargs)) or prepared_models[-1])
     outputs = {}
     for label, extra in (("prepared", []), ("plain", ["--plain_inference"])):
@@ -227,7 +228,9 @@ def test_squeezed_4d_keeps_its_shape_shifted_scan_warns_and_a_failed_write_leave
     image = nib.Nifti1Image(volume[..., None], grid.affine)
     nib.save(image, tmp_path / "four_d_1.nii.gz")
     model = ThresholdModel(ATLAS_NORMALIZATION)
-    errors = predict.run_predict(model, [tmp_path / "four_d_1.nii.gz"], tmp_path / "out", 5, ATLAS_NORMALIZATION)
+    # The stand-in model runs as it is (plain path), 5 stacked slices.
+    stand_in_options = InferenceOptions(normalization=ATLAS_NORMALIZATION, n_chunk=5, prepare=False)
+    errors = predict.run_predict(model, [tmp_path / "four_d_1.nii.gz"], tmp_path / "out", stand_in_options)
     assert errors == []
     mask = nib.load(tmp_path / "out" / "four_d_1_lesion_mask.nii.gz")
     assert mask.shape == image.shape
@@ -236,7 +239,7 @@ def test_squeezed_4d_keeps_its_shape_shifted_scan_warns_and_a_failed_write_leave
 
     # 60 mm off the template: still processed, with one warning line and the flag in the report.
     nib.save(reslice(nib.Nifti1Image(volume, grid.affine), 4.0, shift_mm=(60.0, 0.0, 0.0)), tmp_path / "shifted.nii.gz")
-    errors = predict.run_predict(model, [tmp_path / "shifted.nii.gz"], tmp_path / "out", 5, ATLAS_NORMALIZATION)
+    errors = predict.run_predict(model, [tmp_path / "shifted.nii.gz"], tmp_path / "out", stand_in_options)
     warnings = capsys.readouterr().err.strip().splitlines()
     assert errors == [] and len(warnings) == 1 and warnings[0].startswith("warning: ") and "shifted" in warnings[0]
     report = json.loads((tmp_path / "out" / "shifted_report.json").read_text())
@@ -247,7 +250,7 @@ def test_squeezed_4d_keeps_its_shape_shifted_scan_warns_and_a_failed_write_leave
         raise predict.UserInputError("qc.png: disk full")
 
     monkeypatch.setattr(predict, "save_qc_montage", broken_montage)
-    errors = predict.run_predict(model, [tmp_path / "four_d_1.nii.gz"], tmp_path / "again", 5, ATLAS_NORMALIZATION)
+    errors = predict.run_predict(model, [tmp_path / "four_d_1.nii.gz"], tmp_path / "again", stand_in_options)
     assert errors == ["qc.png: disk full"]
     assert list((tmp_path / "again").iterdir()) == []
 

@@ -49,10 +49,10 @@ def test_evaluate_uses_the_checkpoints_statistics_without_flags(trained, tmp_pat
     from spinseg.evaluation import evaluator
 
     seen = []
-    original = evaluator.volume_probabilities
-    monkeypatch.setattr(evaluator, "volume_probabilities",
-                        lambda model, scan, config, normalization, device: seen.append((normalization, config.n_chunk))
-                        or original(model, scan, config, normalization, device))
+    original = evaluator.predict_volume
+    monkeypatch.setattr(evaluator, "predict_volume",
+                        lambda model, scan, options: seen.append((options.normalization, options.n_chunk))
+                        or original(model, scan, options))
     scans, masks, checkpoint = trained
     evaluator.evaluate(EvaluateConfig(multimodal_scan_paths=str(scans), ground_truth_path=str(masks),
                                       restore_path=str(checkpoint), output_path=str(tmp_path / "eval"), device="cpu"))
@@ -71,7 +71,8 @@ def test_predict_uses_the_checkpoints_statistics_without_flags(trained, tmp_path
     assert predict_cli.main(["--checkpoint", str(trained[2]), "--input", str(tmp_path / "scan.nii.gz"),
                              "--output", str(tmp_path / "out"), "--device", "cpu"]) == 0
     (args, kwargs), = calls
-    n_chunk, normalization, threshold = args[3], args[4], args[5]
+    options, threshold = args[3], args[4]
+    n_chunk, normalization = options.n_chunk, options.normalization
     assert (n_chunk, list(normalization.means), list(normalization.stddevs), threshold) == (5, OTHER_MEANS, OTHER_STDDEVS, 0.5)
     assert kwargs["report_extra"]["model"] == "spin" and kwargs["report_extra"]["preprocessing_from"] == "checkpoint"
 

@@ -1,4 +1,7 @@
-"""The optimised inference path: same probabilities as :func:`spinseg.inference.predict_volume`, faster.
+"""Preparing a model for fast inference: same probabilities as the model itself, faster.
+
+:func:`prepare_inference_model` makes the prepared copy that :mod:`spinseg.inference.predictor`
+runs when its options ask for it (``InferenceOptions.prepare``).
 
 Levers, each measured by ``python -m spinseg.benchmark`` (see docs/performance.md):
 
@@ -12,8 +15,6 @@ Levers, each measured by ``python -m spinseg.benchmark`` (see docs/performance.m
 * on the CPU, each 2-D convolution and the activation after it run as one oneDNN call with the
   activation as a post-op (:func:`fuse_convolution_activations`), so an activation no longer reads
   and writes every feature map again (SPiN's 2H x 2W maps are ~94 MB a batch of 8);
-* slices whose whole ``n_chunk`` input window is background are not run through the network
-  (``skip_background``), with a check that this cannot change the thresholded mask;
 * optional ``torch.compile`` and bf16 autocast (``amp``: GPUs, and CPUs with AVX512-BF16 or AMX).
 
 None of these but ``amp`` changes the model's math: outputs agree with the plain path within float
@@ -23,16 +24,11 @@ from __future__ import annotations
 
 import copy
 import functools
-import time
-from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spinseg.data.transforms import Normalization
-from spinseg.data.volumes import stack_slices
 from spinseg.models.blocks import Conv2dBlock
 from spinseg.models.layers_extra import ConvNormActivation
 from spinseg.models.spin import LearnableDownsampler, SubpixelGuidance
@@ -42,10 +38,6 @@ from spinseg.models.spin import LearnableDownsampler, SubpixelGuidance
 # ConvResampleBlock max-pools there, and max-pooling does not commute with a negative scale) are
 # deliberately absent and stay as they are.
 FUSABLE_BLOCKS: tuple[type[nn.Module], ...] = (Conv2dBlock, ConvNormActivation)
-
-# A slice is "background" when its probability is below this; used to decide whether skipping
-# background slices can change the thresholded mask.
-MASK_THRESHOLD = 0.5
 
 
 def fused_convolution(convolution: nn.Conv2d | nn.Conv3d, batch_norm: nn.modules.batchnorm._BatchNorm) -> nn.Module:
@@ -264,7 +256,7 @@ def prepare_inference_model(
     compile: bool = False,
     fuse_activations: bool = True,
 ) -> nn.Module:
-    """An eval-mode copy of ``model`` ready for :func:`predict_volume_fast` (the input is untouched).
+    """An eval-mode copy of ``model`` for fast inference (the input is untouched).
 
     ``channels_last`` stores 4-D weights as NHWC; ``fuse_batch_norm`` folds batch norms
     (:func:`fuse_conv_batch_norm`); ``fuse_activations`` runs each folded convolution and its
@@ -288,107 +280,3 @@ def prepare_inference_model(
                 setattr(compiled, name, getattr(prepared, name))
         return compiled
     return prepared
-
-
-def background_windows(volume: np.ndarray, n_chunk: int, pad_value: float, background_value: float) -> np.ndarray:
-    """Which axial slices' whole input window is background: (H, W, D) -> (D,) bool.
-
-    Slice i's window is slices i - n_chunk//2 ... i + n_chunk//2; slices past the volume's ends are
-    filled with ``pad_value``, so an end slice counts only when ``pad_value`` is itself background.
-    Every such window is the same constant input, hence gives the same network output.
-    """
-    depth, half = volume.shape[-1], n_chunk // 2
-    # One pass over the volume (read once, slice by slice along the memory-mapped last axis).
-    slice_is_background = np.asarray(volume == background_value).reshape(-1, depth).all(axis=0)
-    padding_is_background = pad_value == background_value
-    windows = np.zeros(depth, dtype=bool)
-    for index in range(depth):
-        low, high = index - half, index + half + 1
-        if (low < 0 or high > depth) and not padding_is_background:
-            continue
-        windows[index] = slice_is_background[max(low, 0) : min(high, depth)].all()
-    return windows
-
-
-def synchronize(device: torch.device) -> None:
-    """Waits for queued GPU work (for honest timings); a no-op on CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.inference_mode()
-def predict_volume_fast(
-    model: nn.Module,
-    volume: np.ndarray,
-    n_chunk: int,
-    normalization: Normalization,
-    batch_size: int = 8,
-    device: str | torch.device = "cpu",
-    skip_background: bool = True,
-    amp: bool = False,
-    test_time_flip: bool = False,
-    background_value: float = 0.0,
-    channels_last: bool = True,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Lesion probabilities for a raw volume (H, W, D) -> ((H, W, D) float32 in [0, 1], info).
-
-    ``model`` should come from :func:`prepare_inference_model` (any eval-mode model works).
-    ``batch_size`` 8 runs as fast per slice as 16 on full 197x233 slices with half the memory. The
-    result equals :func:`spinseg.inference.predict_volume` within float rounding, except that with
-    ``skip_background`` the slices whose whole input window equals ``background_value`` get
-    probability 0 without running the network. That cannot change the thresholded mask: all those
-    windows are one and the same constant input, which is run once here; if the network gives any
-    pixel of it a probability >= 0.5, skipping is turned off for this call (``info["skip_disabled"]``
-    says why). ``info`` holds ``slices_skipped``, ``slices_run``, ``background_max_probability``
-    and ``seconds``.
-    """
-    start = time.perf_counter()
-    model.eval()
-    device = torch.device(device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    pad_value = normalization.pad_value()
-    depth = volume.shape[-1]
-    info: dict[str, Any] = {"slices_skipped": 0, "slices_run": depth, "skip_disabled": "", "background_max_probability": None}
-
-    def run(batch: np.ndarray) -> torch.Tensor:
-        """(b, n_chunk, H, W) raw float32 -> probabilities (b, H, W) on the CPU."""
-        # Normalised on the CPU, as the plain path does (its mean/std tensors live there).
-        inputs = normalization(torch.from_numpy(batch))
-        if device.type == "cuda":
-            inputs = inputs.pin_memory().to(device, non_blocking=True)
-        inputs = inputs.contiguous(memory_format=memory_format)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            output = torch.sigmoid(model(inputs).float())
-            if test_time_flip:
-                output = 0.5 * (output + torch.sigmoid(model(inputs.flip(-1)).float()).flip(-1))
-        return output[:, 0].float().cpu()
-
-    to_run = np.arange(depth)
-    if skip_background:
-        skippable = background_windows(volume, n_chunk, pad_value, background_value)
-        if skippable.any():
-            # Every skippable window is the same constant input: its output is what the full run
-            # would give on every skipped slice, so one forward decides whether skipping is exact
-            # up to the threshold.
-            window = stack_slices(volume, int(np.flatnonzero(skippable)[0]), n_chunk, pad_value)
-            background_probability = run(window[None])
-            info["background_max_probability"] = float(background_probability.max())
-            if info["background_max_probability"] >= MASK_THRESHOLD:
-                info["skip_disabled"] = (
-                    f"the model gives an all-background window probability up to "
-                    f"{info['background_max_probability']:.3f} >= {MASK_THRESHOLD}, so skipping would change the mask"
-                )
-            else:
-                to_run = np.flatnonzero(~skippable)
-                info["slices_skipped"] = int(skippable.sum())
-                info["slices_run"] = len(to_run)
-
-    # Slices first, so each batch's result is one contiguous block; moved to (H, W, D) once at the end.
-    probabilities = np.zeros((depth,) + volume.shape[:2], dtype=np.float32)
-    for first in range(0, len(to_run), batch_size):
-        indices = to_run[first : first + batch_size]
-        batch = np.stack([stack_slices(volume, int(index), n_chunk, pad_value) for index in indices])
-        probabilities[indices] = run(batch).numpy()
-    synchronize(device)
-    info["seconds"] = time.perf_counter() - start
-    return np.ascontiguousarray(np.moveaxis(probabilities, 0, -1)), info

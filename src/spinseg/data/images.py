@@ -1,5 +1,4 @@
-"""2-D RGB data sets (GLaS, RITE): decoding raw images, the prepared ``.npy`` layout, training samples
-and whole-image prediction.
+"""2-D RGB data sets (GLaS, RITE): decoding raw images, the prepared ``.npy`` layout and training samples.
 
 Prepared layout (written by ``setup/setup_dataset_{warwick,rite}.py``, see :func:`write_prepared_dataset`):
 
@@ -12,7 +11,7 @@ Prepared layout (written by ``setup/setup_dataset_{warwick,rite}.py``, see :func
 
 The release trains on uniformly random ``n_height`` x ``n_width`` crops (128 x 128 for GLaS and RITE)
 of the whole, un-resized image and predicts on whole images; :class:`ImageTrainingDataset` and
-:func:`predict_image` do the same.
+:func:`spinseg.inference.predictor.predict_image` do the same.
 """
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from spinseg.errors import UserInputError, fail
@@ -502,40 +500,3 @@ def _window_start(size: int, crop: int, rng: np.random.Generator, centre: int | 
     if centre is not None:
         low, high = max(low, centre - crop + 1), min(high, centre)
     return int(rng.integers(low, high + 1))
-
-
-# ---------------------------------------------------------------------------------------------
-# Whole-image prediction
-
-
-@torch.inference_mode()
-def predict_image(
-    model: nn.Module,
-    image: np.ndarray,
-    normalization: Normalization,
-    device: str | torch.device = "cpu",
-    output_shape: Sequence[int] | None = None,
-    test_time_flip: bool = False,
-    amp: bool = False,
-) -> np.ndarray:
-    """Foreground probabilities for a raw RGB image (H, W, 3) -> float32 (H, W) in [0, 1].
-
-    The whole image goes through the model at once (as the release does). ``output_shape`` (h, w)
-    resizes the probabilities bilinearly, e.g. to the original size of an image the setup resized,
-    before thresholding at 0.5. ``test_time_flip`` averages with the horizontally flipped prediction;
-    ``amp`` runs in bfloat16 autocast.
-    """
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
-    model.eval()
-    device = torch.device(device)
-    inputs = torch.from_numpy(np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)))[None]
-    inputs = normalization(inputs).float().to(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        output = torch.sigmoid(model(inputs).float())
-        if test_time_flip:
-            output = 0.5 * (output + torch.sigmoid(model(inputs.flip(-1)).float()).flip(-1))
-    probabilities = output[0, 0].float().cpu().numpy()
-    if output_shape is not None:
-        probabilities = resize_probabilities(probabilities, output_shape)
-    return probabilities.astype(np.float32, copy=False)

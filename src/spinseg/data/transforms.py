@@ -11,14 +11,16 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from spinseg.constants import ATLAS_MEAN, ATLAS_STD
+
 
 @dataclass
 class Normalization:
     """"standard" (x - mean) / std per channel, or "none". Means/stds broadcast over channels."""
 
     kind: str = "standard"
-    means: list[float] = field(default_factory=lambda: [30.20063])
-    stddevs: list[float] = field(default_factory=lambda: [35.221165])
+    means: list[float] = field(default_factory=lambda: [ATLAS_MEAN])
+    stddevs: list[float] = field(default_factory=lambda: [ATLAS_STD])
 
     def __post_init__(self):
         if self.kind not in ("standard", "none"):

@@ -133,7 +133,7 @@ def discover(atlas_dir: str | os.PathLike, data_format: str = R12) -> dict[str, 
     raise ValueError(f"unknown format {data_format!r}; expected one of {FORMATS}")
 
 
-def load_volume(path: str | os.PathLike) -> np.ndarray:
+def load_nifti_volume(path: str | os.PathLike) -> np.ndarray:
     """Loads a NIfTI file as a (H, W, D) float32 array, or raises a one-line UserInputError.
 
     Rejected: unreadable or truncated files (including non-NIfTI content), anything but 3-D, and
@@ -166,10 +166,10 @@ def load_subject(subject: RawSubject) -> tuple[np.ndarray, np.ndarray]:
 
     Masks are binarised (value > 0) and merged by logical OR; each must match the scan's shape.
     """
-    scan = load_volume(subject.scan_path)
+    scan = load_nifti_volume(subject.scan_path)
     merged = np.zeros(scan.shape, dtype=bool)
     for mask_path in subject.mask_paths:
-        mask = load_volume(mask_path)
+        mask = load_nifti_volume(mask_path)
         if mask.shape != scan.shape:
             raise fail(mask_path, f"mask shape {mask.shape} != scan shape {scan.shape} ({subject.scan_path.name})")
         merged |= mask > 0
@@ -185,6 +185,6 @@ __all__ = [
     "discover_bids",
     "discover_r12",
     "load_subject",
-    "load_volume",
+    "load_nifti_volume",
     "output_relative_paths",
 ]

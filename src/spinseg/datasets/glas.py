@@ -5,7 +5,7 @@ Raw layout ("Warwick QU Dataset (Released 2016_07_08)", one folder): ``train_N.b
 ``Grade.csv`` (ignored). Images are RGB BMPs of varying size (775 x 522, 567 x 430, ...); annotations
 are 8-bit instance label images (0 background, 1..K glands, palette or grayscale), binarised > 0.
 
-Set-up writes the layout of :mod:`spinseg.data.images_2d` under ``--output_dir`` and the lists
+Set-up writes the layout of :mod:`spinseg.data.images` under ``--output_dir`` and the lists
 
 - ``<lists_dir>/training/warwick/traintest/train_images.txt``, ``train_ground_truths.txt`` (all train_N),
 - ``<lists_dir>/testing/warwick/traintest/test_images.txt``, ``test_ground_truths.txt`` (testA then testB,

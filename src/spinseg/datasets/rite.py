@@ -7,7 +7,7 @@ black background) and ``vessel/NN_<split>.png`` binary vessel masks (0/255).
 
 The task is binary vessel segmentation: the vessel masks are read (> 0); where one is missing the
 vessel mask is taken as every non-black pixel of the AV label (one line reports which). Set-up writes
-the layout of :mod:`spinseg.data.images_2d` under ``--output_dir`` and the lists
+the layout of :mod:`spinseg.data.images` under ``--output_dir`` and the lists
 ``<lists_dir>/training/rite/traintest/train_{images,ground_truths}.txt`` and
 ``<lists_dir>/testing/rite/traintest/test_{images,ground_truths,original_ground_truths}.txt``.
 Raw sizes are kept (as the release does) unless ``--n_height/--n_width`` are given.

@@ -9,11 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from spinseg.constants import SMALL_LESION_MAX_PIXELS
-
-# 8-connectivity inside an axial slice and no connection across slices, so one labelling call
-# over the volume gives every slice's 2-D components at once.
-_IN_SLICE_8_CONNECTED = np.zeros((3, 3, 3), dtype=bool)
-_IN_SLICE_8_CONNECTED[:, :, 1] = True
+from spinseg.lesions import component_sizes, label_in_slice_components
 
 
 def largest_lesion_per_slice(mask_volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -24,13 +20,13 @@ def largest_lesion_per_slice(mask_volume: np.ndarray) -> tuple[np.ndarray, np.nd
     mask = np.asarray(mask_volume) > 0
     if mask.ndim != 3:
         raise ValueError(f"expected a (H, W, D) mask, got shape {mask.shape}")
-    labels, count = ndimage.label(mask, structure=_IN_SLICE_8_CONNECTED)
+    labels, count = label_in_slice_components(mask)
     depth = mask.shape[2]
     lesion_counts = np.zeros(depth, dtype=np.int64)
     largest = np.zeros(depth, dtype=np.int64)
     if count == 0:
         return lesion_counts, largest
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    sizes = component_sizes(labels, count)
     # Each component lives in exactly one slice; find_objects gives its slice index cheaply.
     slices_of = np.array([box[2].start for box in ndimage.find_objects(labels)], dtype=np.int64)
     np.add.at(lesion_counts, slices_of, 1)

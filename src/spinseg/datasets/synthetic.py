@@ -42,6 +42,7 @@ from spinseg.datasets.small_lesion import small_lesion_slices
 from spinseg.datasets.splits import write_split
 from spinseg.errors import UserInputError, fail
 from spinseg.io.files import atomic_path, write_json
+from spinseg.lesions import label_components
 
 TEMPLATE_FILE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 R12 = "r1.2"
@@ -386,7 +387,7 @@ def write_subject(output_dir: str | os.PathLike, index: int, seed: int = 0,
         _save_nifti(path, part, affine)
     # The scan goes last: a subject folder with a T1 is then always complete.
     _save_nifti(scan_path, t1, affine)
-    lesion_labels, n_components = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    _, n_components = label_components(mask > 0, 26)
     return {
         "subject": subject_id(index, data_format),
         "shape": list(t1.shape),

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from spinseg.acceleration.inference import predict_volume_fast, prepare_inference_model
-from spinseg.data.images import is_rgb_image_file, load_image, load_mask, predict_image
+from spinseg.data.images import is_rgb_image_file, load_image, load_mask
+from spinseg.data.transforms import Normalization
 from spinseg.data.volumes import (
     check_same_shape,
     check_volume_pairs,
@@ -20,7 +20,7 @@ from spinseg.errors import UserInputError, fail
 from spinseg.evaluation import reporting
 from spinseg.evaluation.boundary_metrics import boundary_metrics, isotropic_spacing_from_voxel_volume
 from spinseg.evaluation.metrics import pooled_release_metrics
-from spinseg.inference.predictor import predict_volume
+from spinseg.inference.predictor import InferenceOptions, predict_image, predict_volume, prepare_for_inference
 from spinseg.io.budgets import check_npy_file, check_output_folder
 from spinseg.io.figures import save_overlay_montage, save_slice_panel
 from spinseg.io.files import write_json, write_text
@@ -61,11 +61,7 @@ def check_evaluate_flags(config: EvaluateConfig) -> None:
     unknown = sorted(set(config.metrics) - set(KNOWN_METRIC_GROUPS))
     if unknown:
         raise UserInputError(f"--metrics: unknown group(s) {', '.join(unknown)}; choose from {', '.join(KNOWN_METRIC_GROUPS)}")
-    if config.preset:  # the release's preparation and scoring of one method
-        from spinseg.evaluation.release_evaluation import evaluate_with_preset
-
-        return evaluate_with_preset(config)
-    if not config.restore_path:
+    if not config.restore_path and not config.preset:
         raise UserInputError("--restore_path: give the checkpoint to evaluate")
 
 
@@ -76,6 +72,10 @@ def evaluate(config: EvaluateConfig) -> dict:
     """
     validate_evaluate_config(config)  # every number in range before any work
     check_evaluate_flags(config)
+    if config.preset:  # the release's preparation and scoring of one method
+        from spinseg.evaluation.release_evaluation import evaluate_with_preset
+
+        return evaluate_with_preset(config)
     device = select_device(config.device)
     if config.n_thread > 0:
         torch.set_num_threads(config.n_thread)
@@ -88,25 +88,26 @@ def evaluate(config: EvaluateConfig) -> dict:
     model = model.to(device)
     config = with_preprocessing(config, preprocessing)
     normalization = preprocessing.normalization()
+    options = inference_options(config, normalization, device)
     output = Path(config.output_path)
     method = config.method_name or config.model_name.upper().replace("SPIN", "SPiN")
     if is_rgb_image_file(scan_paths[0]):
         check_output_folder(output, len(scan_paths) * OUTPUT_BYTES_PER_SUBJECT, "--output_path")
-        return evaluate_images(config, model, normalization, device, scan_paths, ground_truth_paths, output, method)
+        # 2-D images run the model as trained, as before the single inference path (their scores stay bit for bit).
+        return evaluate_images(config, model, replace(options, prepare=False), scan_paths, ground_truth_paths, output, method)
     # Every volume is checked before the first output is written.
     check_volume_pairs(scan_paths, ground_truth_paths)
     if small_lesion_slices is not None:
         check_slice_indices(small_lesion_slices, scan_paths, config.small_lesion_slices_path)
-    # Issue 16: a read-only or full output folder (or a file in its place) stops the run before the work.
+    # A read-only or full output folder (or a file in its place) stops the run before the work.
     check_output_folder(output, len(scan_paths) * OUTPUT_BYTES_PER_SUBJECT, "--output_path")
-    if not config.plain_inference:
-        model = prepare_inference_model(model)
+    model = prepare_for_inference(model, options)
 
     started = time.time()
     outcome = VolumeOutcomes()
     for index, (scan_path, ground_truth_path) in enumerate(progress_bar(list(zip(scan_paths, ground_truth_paths)), desc="evaluate")):
         slices = small_lesion_slices[index] if small_lesion_slices is not None else None
-        evaluate_volume(config, model, normalization, device, scan_path, ground_truth_path, slices, output, outcome)
+        evaluate_volume(config, model, options, scan_path, ground_truth_path, slices, output, outcome)
     seconds = time.time() - started
     return report_evaluation(config, outcome, small_lesion_slices is not None, seconds, output, method)
 
@@ -121,14 +122,14 @@ class VolumeOutcomes:
     small_lesion_predictions: list[np.ndarray] = field(default_factory=list)
 
 
-def evaluate_volume(config: EvaluateConfig, model, normalization, device, scan_path: str, ground_truth_path: str,
+def evaluate_volume(config: EvaluateConfig, model, options: InferenceOptions, scan_path: str, ground_truth_path: str,
                     small_lesion_slices: np.ndarray | None, output: Path, outcome: VolumeOutcomes) -> None:
     """Predicts one (H, W, D) volume, scores it, draws its figures and adds all that to ``outcome``."""
     scan, ground_truth = load_volume(scan_path), load_volume(ground_truth_path)
     check_same_shape(scan, scan_path, ground_truth, ground_truth_path)
     ground_truth = np.asarray(ground_truth) > 0
-    probabilities = volume_probabilities(model, scan, config, normalization, device)
-    prediction = probabilities > config.threshold
+    probabilities, _ = predict_volume(model, scan, options)
+    prediction = probabilities > options.threshold
     subject = subject_id_from_path(scan_path)
     record = reporting.subject_record(subject, ground_truth, prediction, config.voxel_volume_ml)
     if "boundary" in config.metrics:
@@ -195,14 +196,14 @@ def small_lesion_dice_interval(records: list[dict], small_gts: list, small_preds
     return list(bootstrap_interval(columns, pooled_dice_of_counts))
 
 
-def volume_probabilities(model, scan: np.ndarray, config: EvaluateConfig, normalization, device) -> np.ndarray:
-    """Lesion probabilities (H, W, D) of one volume by the optimised path, or the plain one if asked."""
-    if config.plain_inference:
-        return predict_volume(model, scan, config.n_chunk, normalization, config.batch_size, device,
-                              config.test_time_flip, config.amp)
-    probabilities, _ = predict_volume_fast(model, scan, config.n_chunk, normalization, config.batch_size, device,
-                                           amp=config.amp, test_time_flip=config.test_time_flip)
-    return probabilities
+
+def inference_options(config: EvaluateConfig, normalization: Normalization, device) -> InferenceOptions:
+    """The evaluation's inference: prepared model and background skipping, or the plain path with ``--plain_inference``."""
+    return InferenceOptions(
+        normalization=normalization, n_chunk=config.n_chunk, batch_size=config.batch_size, device=device, amp=config.amp,
+        test_time_flip=config.test_time_flip, prepare=not config.plain_inference, skip_background=not config.plain_inference,
+        threshold=config.threshold,
+    )
 
 
 def read_small_lesion_slices(path: str, n_subjects: int) -> list[np.ndarray]:
@@ -232,7 +233,7 @@ def read_small_lesion_slices(path: str, n_subjects: int) -> list[np.ndarray]:
 
 
 def check_slice_indices(slices: list[np.ndarray], scan_paths: list[str], list_path: str) -> None:
-    """Issue 16: a negative index silently scored another slice, a too large one crashed; both are
+    """A negative index silently scored another slice, a too large one crashed; both are
     refused (one line naming the list, the line and the index) before any work."""
     for line_number, (indices, scan_path) in enumerate(zip(slices, scan_paths), start=1):
         depth = load_volume(scan_path).shape[-1]
@@ -241,7 +242,8 @@ def check_slice_indices(slices: list[np.ndarray], scan_paths: list[str], list_pa
             raise fail(list_path, f"line {line_number}: slice index {int(bad[0])} outside 0..{depth - 1} of {scan_path}")
 
 
-def evaluate_images(config: EvaluateConfig, model, normalization, device, image_paths, ground_truth_paths, output: Path, method: str) -> dict:
+def evaluate_images(config: EvaluateConfig, model, options: InferenceOptions, image_paths, ground_truth_paths, output: Path,
+                    method: str) -> dict:
     """2-D RGB data sets (GLaS, RITE): per-image DSC, IOU, precision, recall, averaged over images.
 
     Predictions are made on the stored image and resized to the ground truth's size, so scoring
@@ -253,9 +255,8 @@ def evaluate_images(config: EvaluateConfig, model, normalization, device, image_
     started = time.time()
     for image_path, ground_truth_path in zip(image_paths, ground_truth_paths):
         image, ground_truth = load_image(image_path), np.asarray(load_mask(ground_truth_path)) > 0
-        probabilities = predict_image(model, np.asarray(image), normalization, device, output_shape=ground_truth.shape,
-                                      test_time_flip=config.test_time_flip, amp=config.amp)
-        prediction = probabilities > config.threshold
+        probabilities = predict_image(model, np.asarray(image), options, output_shape=ground_truth.shape)
+        prediction = probabilities > options.threshold
         name = Path(image_path).stem
         records.append({"subject_id": name, **release_metrics(ground_truth, prediction)})
         if config.do_visualize_predictions:

@@ -21,14 +21,19 @@ Conventions, made explicit because the field disagrees on them:
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
-from scipy import ndimage
 
 from spinseg.constants import SMALL_LESION_MAX_PIXELS
+from spinseg.lesions import (  # connectivity helpers are part of the public spinseg.metrics API
+    component_sizes,
+    connectivity_structure,
+    full_connectivity,
+    label_components,
+    label_in_slice_components,
+)
 
 RELEASE_EMPTY_SCORE = 0.0
 CHALLENGE_EMPTY_SCORE = 1.0
@@ -230,41 +235,12 @@ def _is_number(value) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def _connectivity_ranks(ndim: int) -> dict[int, int]:
-    """Maps neighbour counts to generate_binary_structure ranks for ``ndim`` (3-D: 6->1, 18->2, 26->3)."""
-    # A neighbour at rank k differs in at most k coordinates, each by +-1.
-    return {
-        sum(math.comb(ndim, changed) * 2**changed for changed in range(1, rank + 1)): rank
-        for rank in range(1, ndim + 1)
-    }
-
-
-def full_connectivity(ndim: int) -> int:
-    """The largest neighbour count for ``ndim`` dimensions (1-D: 2, 2-D: 8, 3-D: 26)."""
-    return 3**ndim - 1
-
-
-def connectivity_structure(ndim: int, connectivity: int) -> np.ndarray:
-    """The scipy.ndimage structuring element for ``connectivity`` neighbours in ``ndim`` dimensions.
-
-    3-D accepts 6, 18 or 26; 2-D accepts 4 or 8; 1-D accepts 2. Returns a bool array of shape (3,)*ndim.
-    """
-    ranks = _connectivity_ranks(ndim)
-    if connectivity not in ranks:
-        raise ValueError(
-            f"connectivity {connectivity} is not valid for {ndim}-D masks; choose one of {sorted(ranks)}"
-        )
-    return ndimage.generate_binary_structure(ndim, ranks[connectivity])
-
-
 def label_lesions(mask, connectivity: int = 26) -> tuple[np.ndarray, int]:
     """Connected components of a binary mask: (labels int32 of mask's shape, count); background is 0."""
     mask = _as_binary(mask, "mask")
     if mask.ndim == 0:
         raise ValueError("label_lesions needs a mask with at least one dimension")
-    structure = connectivity_structure(mask.ndim, connectivity)
-    labels, count = ndimage.label(mask, structure=structure)
-    return labels, int(count)
+    return label_components(mask, connectivity)
 
 
 def _detected_labels(labels: np.ndarray, count: int, other: np.ndarray) -> np.ndarray:
@@ -297,7 +273,7 @@ class _LesionAnalysis:
 
     def gt_sizes(self) -> np.ndarray:
         """Voxel count of each gt lesion, shape (gt_count,)."""
-        return np.bincount(self.gt_labels.ravel(), minlength=self.gt_count + 1)[1:]
+        return component_sizes(self.gt_labels, self.gt_count)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -444,12 +420,6 @@ def detection_by_size(
 # The paper's 2-D (axial slice) small-lesion view
 # --------------------------------------------------------------------------------------------------
 
-# 8-connectivity within an axial slice and none across slices, so one 3-D labelling call labels every
-# slice separately (much faster than a Python loop over 189 slices).
-_SLICEWISE_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
-_SLICEWISE_STRUCTURE[:, :, 1] = True
-
-
 def _as_slices(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Accepts (H, W) as one slice or (H, W, D) volumes sliced along the last (axial) axis."""
     if gt.ndim == 2:
@@ -461,7 +431,7 @@ def _as_slices(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def _slicewise_components(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels 8-connected components of each axial slice: (labels, sizes per label, slice per label)."""
-    labels, count = ndimage.label(gt, structure=_SLICEWISE_STRUCTURE)
+    labels, count = label_in_slice_components(gt)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     slice_of_label = np.zeros(count + 1, dtype=np.int64)
     if count:

@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from spinseg.evaluation import boundary_metrics, metrics
+from spinseg.io.figures import save_figure
 from spinseg.io.files import atomic_path, write_json, write_text
 
 # Scalar columns of the per-subject CSV, in order. "lesions" (per-lesion list) is left out of the CSV.
@@ -216,8 +216,8 @@ def format_markdown_table(header: Sequence, rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
-def _format_value(value: float, decimals: int = 3) -> str:
-    """A number with fixed decimals; NaN shows as 'n/a' rather than 'nan' in tables."""
+def format_value(value: float | None, decimals: int = 3) -> str:
+    """A number with fixed decimals; NaN or None (missing) shows as 'n/a' rather than 'nan' in tables."""
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{decimals}f}"
 
 
@@ -239,7 +239,7 @@ def format_table2_row(name: str, metrics_dict: Mapping[str, float], markdown: bo
     missing = [key for key in metrics.RELEASE_METRIC_KEYS if key not in metrics_dict]
     if missing:
         raise ValueError(f"metrics for {name!r} lack {missing}")
-    cells = [str(name)] + [_format_value(float(metrics_dict[key])) for key in metrics.RELEASE_METRIC_KEYS]
+    cells = [str(name)] + [format_value(float(metrics_dict[key])) for key in metrics.RELEASE_METRIC_KEYS]
     if markdown:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
     return " | ".join(cells)
@@ -249,7 +249,7 @@ def format_challenge_table(rows: Sequence[Mapping]) -> str:
     """Markdown of :func:`challenge_table` rows: Metric | Mean ± std | Subjects."""
     return format_markdown_table(
         ("Metric", "Mean ± std", "Subjects"),
-        [(row["metric"], f"{_format_value(row['mean'])} ± {_format_value(row['std'])}", row["subjects"]) for row in rows],
+        [(row["metric"], f"{format_value(row['mean'])} ± {format_value(row['std'])}", row["subjects"]) for row in rows],
     )
 
 
@@ -257,7 +257,7 @@ def format_size_table(rows: Sequence[Mapping]) -> str:
     """Markdown of :func:`size_table` rows: Lesion size (voxels) | Lesions | Detected | Recall."""
     return format_markdown_table(
         ("Lesion size (voxels)", "Lesions", "Detected", "Recall"),
-        [(row["label"], row["lesions"], row["detected"], _format_value(row["recall"])) for row in rows],
+        [(row["label"], row["lesions"], row["detected"], format_value(row["recall"])) for row in rows],
     )
 
 
@@ -265,7 +265,7 @@ def format_boundary_table(rows: Sequence[Mapping]) -> str:
     """Markdown of :func:`spinseg.metrics.boundary_summary` rows: Metric | Mean ± std | Subjects | One mask empty."""
     return format_markdown_table(
         ("Metric", "Mean ± std", "Subjects", "One mask empty (excluded)"),
-        [(row["metric"], f"{_format_value(row['mean'])} ± {_format_value(row['std'])}", row["subjects"], row["one_empty"])
+        [(row["metric"], f"{format_value(row['mean'])} ± {format_value(row['std'])}", row["subjects"], row["one_empty"])
          for row in rows],
     )
 
@@ -307,16 +307,6 @@ def write_per_subject_csv(records: Sequence[Mapping], path: str | os.PathLike) -
 # --------------------------------------------------------------------------------------------------
 
 
-def _save_figure(figure: Figure, path: str | os.PathLike) -> Path:
-    """Renders ``figure`` through an Agg canvas into ``path`` atomically (format from the extension)."""
-    path = Path(path)
-    FigureCanvasAgg(figure)
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=120)
-    return path
-
-
 def plot_detection_vs_size(
     records_by_model: Sequence[Mapping] | Mapping[str, Sequence[Mapping]],
     path: str | os.PathLike,
@@ -353,7 +343,7 @@ def plot_detection_vs_size(
     axes.set_ylim(-0.02, 1.08)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
-    return _save_figure(figure, path)
+    return save_figure(figure, path, dpi=120, tight_layout=True)
 
 
 def plot_volume_scatter(records: Sequence[Mapping], path: str | os.PathLike) -> Path:
@@ -389,7 +379,7 @@ def plot_volume_scatter(records: Sequence[Mapping], path: str | os.PathLike) -> 
     axes.set_ylabel("Predicted lesion volume (ml)")
     axes.grid(alpha=0.3, which="both")
     axes.legend(loc="upper left", fontsize=8)
-    return _save_figure(figure, path)
+    return save_figure(figure, path, dpi=120, tight_layout=True)
 
 
 def plot_dice_per_subject(records: Sequence[Mapping], path: str | os.PathLike) -> Path:
@@ -408,7 +398,7 @@ def plot_dice_per_subject(records: Sequence[Mapping], path: str | os.PathLike) -
     axes.set_ylabel("Dice")
     axes.set_ylim(0, 1)
     axes.legend(loc="upper left")
-    return _save_figure(figure, path)
+    return save_figure(figure, path, dpi=120, tight_layout=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -495,7 +485,7 @@ def _lesion_sections(records: Sequence[Mapping], bins: Sequence[int]) -> list[st
     if all("small_lesions_2d" in record for record in records):
         small_total = sum(int(record["small_lesions_2d"]) for record in records)
         small_hits = sum(int(record["small_lesions_2d_detected"]) for record in records)
-        rate = _format_value(small_hits / small_total if small_total else float("nan"))
+        rate = format_value(small_hits / small_total if small_total else float("nan"))
         lines += [
             f"2-D view (per axial slice, 8-connected, ≤{metrics.SMALL_LESION_MAX_PIXELS} pixels): "
             f"{small_hits} of {small_total} small lesions detected (recall {rate}).",
@@ -515,10 +505,10 @@ def _worst_subjects_section(records: Sequence[Mapping], montage_paths, output_di
             [
                 (
                     record["subject_id"],
-                    _format_value(float(record["dice"])),
-                    _format_value(float(record["lesion_f1"])),
-                    _format_value(float(record["gt_volume_ml"]), 2),
-                    _format_value(float(record["pred_volume_ml"]), 2),
+                    format_value(float(record["dice"])),
+                    format_value(float(record["lesion_f1"])),
+                    format_value(float(record["gt_volume_ml"]), 2),
+                    format_value(float(record["pred_volume_ml"]), 2),
                 )
                 for record in worst
             ],

@@ -4,9 +4,9 @@ For every model of the registry that imports (or those given with ``--models``),
 memory-mapped volumes of the ATLAS shape, in one run on one machine:
 
 * parameters and forward GFLOP per slice (``torch.utils.flop_counter.FlopCounterMode``);
-* inference seconds per volume: :func:`spinseg.inference.predict_volume` (plain) against
-  :func:`spinseg.fast_inference.predict_volume_fast` (folded batch norm, channels-last, background
-  slices skipped), their achieved GFLOP/s and its fraction of a measured fp32 matmul rate;
+* inference seconds per volume: :func:`spinseg.inference.predictor.predict_volume` with the plain
+  options against the optimised ones (folded batch norm, channels-last, background slices
+  skipped), their achieved GFLOP/s and its fraction of a measured fp32 matmul rate;
 * training slices per second: the trainer's own step (:func:`spinseg.training.trainer.training_step`
   with the model's recipe) on the plain eager model against the channels-last one (and
   ``torch.compile`` with ``--compile``);
@@ -41,7 +41,6 @@ import torch.nn.functional as F
 
 from spinseg.errors import UserInputError
 
-ATLAS_SHAPE = (197, 233, 189)
 QUICK_SHAPE = (32, 36, 12)
 # Agreement tolerances between the plain and the optimised path (probabilities / relative loss).
 # bf16 autocast rounds every convolution to 8 mantissa bits, so its paths agree far more loosely.
@@ -260,50 +259,50 @@ def build_phase_model(spec: dict) -> tuple[torch.nn.Module, int, Any]:
     return model, n_chunk, normalization
 
 
-def run_inference_phase(spec: dict) -> dict:
-    """Times whole-volume inference, plain ("plain", "plain_default_heap") or optimised ("fast", "fast_bf16", "fast_compile")."""
-    from spinseg.acceleration.inference import (
-        predict_volume_fast,
-        prepare_inference_model,
+def phase_inference_options(spec: dict, n_chunk: int, normalization) -> Any:
+    """The :class:`~spinseg.inference.predictor.InferenceOptions` of an inference variant.
+
+    "plain*": the model as trained, every slice; otherwise the prepared model ("*compile": with
+    ``torch.compile``), skipping background slices when the spec says so.
+    """
+    from spinseg.inference.predictor import InferenceOptions
+
+    plain = spec["variant"].startswith("plain")
+    return InferenceOptions(
+        normalization=normalization, n_chunk=n_chunk, batch_size=spec["batch_size"], device=spec["device"], amp=spec["amp"],
+        prepare=not plain, compile=spec["variant"].endswith("compile"), skip_background=not plain and spec["skip_background"],
     )
-    from spinseg.data.volumes import load_volume
-    from spinseg.inference.predictor import predict_volume
+
+
+def run_inference_phase(spec: dict) -> dict:
+    """Times whole-volume inference by :func:`spinseg.inference.predictor.predict_volume` under the variant's options.
+
+    Plain ("plain", "plain_default_heap") or optimised ("fast", "fast_bf16", "fast_compile").
+    """
+    from spinseg.data.volumes import load_volume, stack_slices
+    from spinseg.inference.predictor import predict_batch, predict_volume, prepare_for_inference
 
     device = torch.device(spec["device"])
     model, n_chunk, normalization = build_phase_model(spec)
+    options = phase_inference_options(spec, n_chunk, normalization)
     volume = load_volume(spec["scan_path"])
-    batch_size, amp = spec["batch_size"], spec["amp"]
-    result: dict[str, Any] = {"batch_size": batch_size}
+    result: dict[str, Any] = {"batch_size": options.batch_size}
     with PeakMemory(device) as memory:
         start = time.perf_counter()
-        if spec["variant"].startswith("plain"):
-            model.to(device).eval()
-            def predict():
-                return predict_volume(model, volume, n_chunk, normalization, batch_size, device, amp=amp), {}
-        else:
-            model = prepare_inference_model(model.to(device), channels_last=True, fuse_batch_norm=True,
-                                            compile=spec["variant"].endswith("compile"))
-            def predict():
-                return predict_volume_fast(model, volume, n_chunk, normalization, batch_size, device,
-                                           skip_background=spec["skip_background"], amp=amp)
+        model = prepare_for_inference(model.to(device), options)
         # Warm-up on one batch of middle slices (library set-up, compilation), timed apart.
-        from spinseg.data.volumes import stack_slices
         middle = volume.shape[-1] // 2
-        warm_batch = np.stack([stack_slices(volume, middle, n_chunk, normalization.pad_value())] * batch_size)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            inputs = normalization(torch.from_numpy(warm_batch)).to(device)
-            if not spec["variant"].startswith("plain"):
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            model(inputs)
+        warm_batch = np.stack([stack_slices(volume, middle, n_chunk, normalization.pad_value())] * options.batch_size)
+        predict_batch(model, torch.from_numpy(warm_batch), options)
         synchronize(device)
         result["prepare_and_warmup_seconds"] = time.perf_counter() - start
         # The matmul rate right here, under the same load as the timings (a shared machine's
         # load moves within minutes); the report compares against the best rate seen.
-        result["matmul_gflops_in_phase"] = matmul_gflops(device, torch.bfloat16 if amp else torch.float32, repeats=3)
+        result["matmul_gflops_in_phase"] = matmul_gflops(device, torch.bfloat16 if options.amp else torch.float32, repeats=3)
         seconds, info = [], {}
         for _ in range(spec["repeats"]):
             start = time.perf_counter()
-            probabilities, info = predict()
+            probabilities, info = predict_volume(model, volume, options)
             synchronize(device)
             seconds.append(time.perf_counter() - start)
     np.save(spec["output_path"], probabilities)
@@ -457,26 +456,28 @@ def machine_description(device: torch.device) -> dict:
 def float_rounding_errors(model: torch.nn.Module, scan_path: str, n_chunk: int, normalization, n_slices: int = 4) -> dict:
     """How far fp32 probabilities of the plain and of the optimised model lie from float64 ones.
 
-    On ``n_slices`` middle slices: max |p_fp32 - p_fp64| for the plain model and for
-    :func:`prepare_inference_model`'s. Some networks (e.g. X-Net with sharp batch norms) amplify
+    On ``n_slices`` middle slices: max |p_fp32 - p_fp64| for the plain model and for the prepared
+    one, both run by :func:`spinseg.inference.predictor.predict_batch`. Some networks (e.g. X-Net with sharp batch norms) amplify
     fp32 rounding far beyond 1e-4 in the plain path already; there the optimised path is held to
     the plain path's own error instead of a fixed tolerance.
     """
     import copy
 
-    from spinseg.acceleration.inference import prepare_inference_model
     from spinseg.data.volumes import load_volume, stack_slices
+    from spinseg.inference.predictor import InferenceOptions, predict_batch, prepare_for_inference
 
     volume = load_volume(scan_path)
     middle = volume.shape[-1] // 2
     indices = range(max(middle - n_slices // 2, 0), min(middle - n_slices // 2 + n_slices, volume.shape[-1]))
-    inputs = normalization(torch.from_numpy(np.stack([stack_slices(volume, i, n_chunk, normalization.pad_value()) for i in indices])))
-    model.eval()
+    raw = torch.from_numpy(np.stack([stack_slices(volume, i, n_chunk, normalization.pad_value()) for i in indices]))
+    plain_options = InferenceOptions(normalization=normalization, n_chunk=n_chunk, prepare=False)
+    fast_options = InferenceOptions(normalization=normalization, n_chunk=n_chunk, prepare=True)
+    model = prepare_for_inference(model, plain_options)  # eval mode, as it is
     with torch.inference_mode():
-        exact = torch.sigmoid(copy.deepcopy(model).double()(inputs.double()))
-        plain = torch.sigmoid(model(inputs)).double()
-        fast = torch.sigmoid(prepare_inference_model(model)(inputs.contiguous(memory_format=torch.channels_last))).double()
-    return {"plain_vs_float64": float((plain - exact).abs().max()), "optimised_vs_float64": float((fast - exact).abs().max()),
+        exact = torch.sigmoid(copy.deepcopy(model).double()(normalization(raw).double()))[:, 0].numpy()
+    plain = predict_batch(model, raw, plain_options).astype(np.float64)
+    fast = predict_batch(prepare_for_inference(model, fast_options), raw, fast_options).astype(np.float64)
+    return {"plain_vs_float64": float(np.abs(plain - exact).max()), "optimised_vs_float64": float(np.abs(fast - exact).max()),
             "slices": list(indices)}
 
 
@@ -512,8 +513,8 @@ def compare_inference(plain_path: str, fast_path: str, scan_path: str, n_chunk: 
     :func:`float_rounding_errors`) where that is larger. On the skipped slices the check is that
     the thresholded masks are identical (the optimised path outputs 0 there).
     """
-    from spinseg.acceleration.inference import MASK_THRESHOLD, background_windows
     from spinseg.data.volumes import load_volume
+    from spinseg.inference.predictor import MASK_THRESHOLD, background_windows
 
     plain, fast = np.load(plain_path), np.load(fast_path)
     skipped = background_windows(load_volume(scan_path), n_chunk, pad_value, 0.0) & ~fast.any(axis=(0, 1))

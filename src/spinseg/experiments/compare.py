@@ -15,20 +15,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from spinseg.evaluation import reporting
-from spinseg.io.files import atomic_path, write_json, write_text
+from spinseg.io.figures import save_figure
+from spinseg.io.files import write_json, write_text
 from spinseg.recipes.config import EvaluateConfig, TrainConfig
 from spinseg.recipes.named import recipe
 
 METRICS = ("dice", "iou", "precision", "recall")
-
-
-def format_number(value) -> str:
-    """3 decimals, or n/a for a missing value."""
-    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
 
 
 def comparison_markdown(rows: list[dict]) -> str:
@@ -40,8 +35,8 @@ def comparison_markdown(rows: list[dict]) -> str:
         table3 = row["table3"] or {}
         body.append(
             [row["display_name"]]
-            + [format_number(row["table2"][m]) for m in METRICS]
-            + [format_number(table3.get(m)) for m in METRICS]
+            + [reporting.format_value(row["table2"][m]) for m in METRICS]
+            + [reporting.format_value(table3.get(m)) for m in METRICS]
             + [f"{row['parameters']:,}", f"{row['seconds_per_volume']:.1f}", str(row["train_steps"]), f"{row['train_seconds']:.0f}"]
         )
     return reporting.format_markdown_table(header, body)
@@ -50,7 +45,6 @@ def comparison_markdown(rows: list[dict]) -> str:
 def plot_bar_chart(rows: list[dict], path: Path) -> Path:
     """Grouped bars of the four Table 2 metrics per model (and Table 3 DSC)."""
     figure = Figure(figsize=(9, 4))
-    FigureCanvasAgg(figure)
     axis = figure.add_subplot(1, 1, 1)
     labels = [*METRICS, "small-lesion dice"]
     width = 0.8 / max(len(rows), 1)
@@ -63,9 +57,7 @@ def plot_bar_chart(rows: list[dict], path: Path) -> Path:
     axis.set_ylabel("score")
     axis.legend(fontsize=8, ncol=3)
     axis.set_title("Models compared on the same data and budget")
-    with atomic_path(path, suffix=".png") as temporary:
-        figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
-    return path
+    return save_figure(figure, path, dpi=110)
 
 
 def limit_test_lists(test_scans: str, test_ground_truths: str, output: Path, max_test_subjects: int) -> tuple[str, str]:

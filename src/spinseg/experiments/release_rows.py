@@ -13,7 +13,7 @@ import numpy as np
 
 from spinseg.errors import UserInputError
 from spinseg.evaluation import reporting
-from spinseg.experiments.compare import format_number
+from spinseg.evaluation.reporting import format_value
 from spinseg.io.files import write_json, write_lines, write_text
 from spinseg.recipes.config import EvaluateConfig
 from spinseg.recipes.published import PAPER_ROW_ORDER, PAPER_TABLE2, PAPER_TABLE3
@@ -42,7 +42,7 @@ def with_published(name: str, ours: dict | None, published: dict) -> list[str]:
     for key in METRICS:
         value = None if ours is None else ours.get(key)
         paper = published[name][key]
-        cells += [format_number(value), f"{paper:.3f}",
+        cells += [format_value(value), f"{paper:.3f}",
                   f"{value - paper:+.3f}" if value is not None else "n/a"]
     return cells
 

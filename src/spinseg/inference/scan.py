@@ -7,8 +7,8 @@ voxels of 1 mm, the template's affine), sliced along the last axis. Each input s
    outputs keep its (X, Y, Z, 1) shape),
 2. resampled (trilinear, in world coordinates, which also handles orientation and axis order)
    onto the MNI template grid -- skipped when it is already on it,
-3. segmented slice by slice with the 2.5-D model (:func:`spinseg.fast_inference.predict_volume_fast`
-   over a model from :func:`~spinseg.fast_inference.prepare_inference_model`: batch norm folded,
+3. segmented slice by slice with the 2.5-D model (:func:`spinseg.inference.predictor.predict_volume`
+   over a model from :func:`~spinseg.inference.predictor.prepare_for_inference`: batch norm folded,
    channels-last; every slice is run, so the probabilities equal the plain path's within float rounding),
 4. its probabilities resampled (trilinear) back onto the INPUT's grid and thresholded there,
 
@@ -34,7 +34,7 @@ import gzip
 import os
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -43,11 +43,12 @@ from nibabel.processing import resample_from_to
 from scipy import ndimage
 
 from spinseg.constants import ATLAS_SHAPE
-from spinseg.data.transforms import Normalization
 from spinseg.errors import UserInputError, fail, warn
+from spinseg.inference.predictor import InferenceOptions, predict_volume
 from spinseg.io.budgets import check_nifti_header, check_output_folder
 from spinseg.io.files import atomic_path, remove_stale_temporaries
 from spinseg.io.progress import progress_bar
+from spinseg.lesions import component_sizes, label_components
 from spinseg.recipes.preprocessing import PreprocessingFlags
 
 # The ATLAS R1.2 / MNI152 2009 grid, used when nilearn's copy of the template cannot be read.
@@ -60,8 +61,6 @@ MNI_TOLERANCE_MM = 20.0
 VOXEL_SIZE_RATIO = 1.6
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 OUTPUT_SUFFIXES = ("_lesion_mask", "_lesion_prob")  # our own outputs, skipped when a folder is scanned
-# 26-connectivity: voxels touching by a face, an edge or a corner belong to the same lesion.
-CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -250,8 +249,9 @@ def lesion_statistics(mask: np.ndarray, affine: np.ndarray) -> dict:
     in voxel indices and in world mm.
     """
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
-    labels, count = ndimage.label(mask > 0, structure=CONNECTIVITY_26)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    # 26-connectivity: voxels touching by a face, an edge or a corner belong to the same lesion.
+    labels, count = label_components(mask > 0, 26)
+    sizes = component_sizes(labels, count)
     centroids = ndimage.center_of_mass(mask > 0, labels, range(1, count + 1)) if count else []
     lesions = []
     for size, centroid in sorted(zip(sizes.tolist(), centroids), key=lambda item: -item[0]):
@@ -288,13 +288,8 @@ def resample_linear(volume: np.ndarray, affine: np.ndarray, target: Grid) -> np.
 def predict_scan(
     model,
     image: nib.Nifti1Image,
-    n_chunk: int,
-    normalization: Normalization,
+    options: InferenceOptions,
     threshold: float = 0.5,
-    batch_size: int = 8,
-    device="cpu",
-    test_time_flip: bool = False,
-    amp: bool = False,
     name: str | os.PathLike = "input",
     template: Grid | None = None,
     warn=None,
@@ -306,7 +301,7 @@ def predict_scan(
     197 x 233 x 189 at 1 mm), segmented by the 2.5-D ``model`` (B, n_chunk, H, W) -> logits
     (B, 1, H, W), and the probabilities are resampled back onto the image's grid. The mask
     (uint8 0/1, ``> threshold``) and probabilities (float32 in [0, 1]) have exactly the image's
-    shape and affine. ``warn(message)`` is called once when the image does not look MNI-registered.
+    shape and affine. ``options`` say how the model runs (its ``skip_background`` is ignored). ``warn(message)`` is called once when the image does not look MNI-registered.
     """
     template = template or template_grid()
     data = scan_data(image, name)
@@ -320,14 +315,9 @@ def predict_scan(
         template_volume = data
     else:
         template_volume = resample_linear(data, grid.affine, template)
-    from spinseg.acceleration.inference import predict_volume_fast
-
     # Every slice is run (no background skipping): the probabilities, not only a 0.5 mask, are
     # resampled and thresholded at the user's threshold, so all of them must be the network's.
-    template_probabilities, _ = predict_volume_fast(
-        model, template_volume, n_chunk, normalization, batch_size, device, skip_background=False, amp=amp,
-        test_time_flip=test_time_flip,
-    )
+    template_probabilities, _ = predict_volume(model, template_volume, replace(options, skip_background=False))
     if on_template:
         probabilities = template_probabilities
     else:
@@ -344,8 +334,8 @@ def predict_scan(
         "mni_warning": bool(reasons),
         "mni_warning_reasons": reasons,
         "threshold": float(threshold),
-        "test_time_flip": bool(test_time_flip),
-        "n_chunk": int(n_chunk),
+        "test_time_flip": bool(options.test_time_flip),
+        "n_chunk": int(options.n_chunk),
         **lesion_statistics(mask, grid.affine),
     }
     mask_image = output_image(mask.reshape(image.shape), image, "spinseg lesion mask")
@@ -428,18 +418,15 @@ def run_predict(
     model,
     inputs: list[Path],
     output_dir: Path,
-    n_chunk: int,
-    normalization: Normalization,
+    options: InferenceOptions,
     threshold: float = 0.5,
-    batch_size: int = 8,
-    device="cpu",
-    test_time_flip: bool = False,
-    amp: bool = False,
     save_probability: bool = False,
     report_extra: dict | None = None,
     overwrite: bool = False,
 ) -> list[str]:
     """Segments every input scan into ``output_dir``; returns the one-line errors of scans that failed.
+
+    ``model`` runs as :func:`predict_scan` says; prepare it once (:func:`spinseg.inference.predictor.prepare_for_inference`).
 
     Before any work (:func:`check_predict_outputs`): no output may be one of the inputs, an existing
     output is refused unless ``overwrite``, and the folder must be writable with room.
@@ -455,18 +442,15 @@ def run_predict(
         name = scan_name(path)
         try:
             image = load_scan(path)
-            mask_image, prob_image, report = predict_scan(
-                model, image, n_chunk, normalization, threshold, batch_size, device, test_time_flip, amp,
-                name=path, warn=warn,
-            )
+            mask_image, prob_image, report = predict_scan(model, image, options, threshold, name=path, warn=warn)
             paths = output_paths(output_dir, name)
             report = {
                 "name": name,
                 "input": str(path),
                 **(report_extra or {}),
                 **report,
-                "normalization": {"kind": normalization.kind, "means": list(normalization.means),
-                                  "stddevs": list(normalization.stddevs)},
+                "normalization": {"kind": options.normalization.kind, "means": list(options.normalization.means),
+                                  "stddevs": list(options.normalization.stddevs)},
                 "qc_grid": "input grid, reoriented to closest RAS for display",
                 "outputs": {key: str(value) for key, value in paths.items() if save_probability or key != "probability"},
             }

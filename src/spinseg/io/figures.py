@@ -30,11 +30,18 @@ def overlay(scan_slice: np.ndarray, masks_and_colours, alpha: float = 0.55) -> n
     return np.rot90(rgb)
 
 
-def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Writes ``figure`` as PNG atomically."""
+def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 100, tight_layout: bool = False) -> Path:
+    """Renders ``figure`` through an Agg canvas into ``path`` as PNG, atomically; returns the path.
+
+    By default the PNG is cropped to the drawn content (``bbox_inches="tight"``); with
+    ``tight_layout`` the subplots are laid out to fit the figure's own size instead (plots with axes
+    labels that must keep their size).
+    """
     FigureCanvasAgg(figure)
+    if tight_layout:
+        figure.tight_layout()
     with atomic_path(path, suffix=".png") as temporary:
-        figure.savefig(temporary, format="png", dpi=dpi, bbox_inches="tight")
+        figure.savefig(temporary, format="png", dpi=dpi, bbox_inches=None if tight_layout else "tight")
     return Path(path)
 
 

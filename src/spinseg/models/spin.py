@@ -154,7 +154,7 @@ class SubpixelGuidance(nn.Module):
         super().__init__()
         self.resolutions = list(resolutions)
         # Space-to-depth factor applied before each module: 2**r, or 1 once the fast inference path
-        # has folded it into the module's first convolution (spinseg.fast_inference).
+        # has folded it into the module's first convolution (spinseg.acceleration.inference).
         self.input_block_sizes = [2**resolution for resolution in self.resolutions]
         conv_modules = []
         for resolution, filters, n_conv in zip(resolutions, n_filters, n_convolutions):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -12,14 +12,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from spinseg.acceleration.inference import predict_volume_fast, prepare_inference_model
 from spinseg.acceleration.training import prepare_training_model
 from spinseg.data.images import (
     ImageTrainingDataset,
     is_rgb_image_file,
     load_image,
     load_mask,
-    predict_image,
 )
 from spinseg.data.slices import SliceTrainingDataset
 from spinseg.data.transforms import AugmentationConfig, Normalization
@@ -31,6 +29,7 @@ from spinseg.data.volumes import (
 )
 from spinseg.errors import UserInputError, fail, warn
 from spinseg.evaluation.metrics import mean_over_subjects, release_metrics
+from spinseg.inference.predictor import InferenceOptions, predict_image, predict_volume, prepare_for_inference
 from spinseg.io.files import write_json
 from spinseg.io.progress import progress_bar
 from spinseg.models import build_model
@@ -99,19 +98,21 @@ def check_resume_config(path: Path, saved: dict, config: TrainConfig) -> None:
 def validate(model, scan_paths, ground_truth_paths, config: TrainConfig, normalization, device) -> dict:
     """Release metrics per validation subject (3-D volume, or 2-D RGB image), averaged over subjects."""
     records = []
+    options = InferenceOptions(normalization=normalization, n_chunk=config.n_chunk, batch_size=config.val_batch_size,
+                               device=device, amp=config.amp, prepare=True, skip_background=True)
     # A fused, channels-last copy for speed; the training model itself is left as it is.
-    inference_model = prepare_inference_model(model)
+    inference_model = prepare_for_inference(model, options)
     for scan_path, ground_truth_path in zip(scan_paths, ground_truth_paths):
         if is_rgb_image_file(scan_path):
             mask = np.asarray(load_mask(ground_truth_path))
-            probabilities = predict_image(model, np.asarray(load_image(scan_path)), normalization, device,
-                                          output_shape=mask.shape, amp=config.amp)
+            # 2-D images run the training model itself, as before the single inference path (same scores bit for bit).
+            probabilities = predict_image(model, np.asarray(load_image(scan_path)), replace(options, prepare=False),
+                                          output_shape=mask.shape)
         else:
             scan, mask = load_volume(scan_path), load_volume(ground_truth_path)
             check_same_shape(scan, scan_path, mask, ground_truth_path)
-            probabilities, _ = predict_volume_fast(inference_model, scan, config.n_chunk, normalization,
-                                                   config.val_batch_size, device, amp=config.amp)
-        records.append(release_metrics(np.asarray(mask) > 0, probabilities > 0.5))
+            probabilities, _ = predict_volume(inference_model, scan, options)
+        records.append(release_metrics(np.asarray(mask) > 0, probabilities > options.threshold))
     return mean_over_subjects(records)
 
 
