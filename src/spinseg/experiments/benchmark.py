@@ -129,6 +129,11 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, size
         torch.mm(left, right)
         synchronize(device)
         best = min(best, time.perf_counter() - start)
+    del left, right
+    if device.type == "cuda":
+        # The probe's 8192^2 operands must not count towards the phases' peak memory.
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     return 2 * size**3 / best / 1e9
 
 
@@ -403,6 +408,8 @@ def run_phase(spec: dict, isolate: bool) -> dict:
     """Runs one phase here or in a fresh ``python -m spinseg.benchmark --phase`` process."""
     if not isolate:
         return PHASES[spec["kind"]](spec)
+    # The fresh process follows this one's TF32 choice (configure_cuda_math in the command).
+    spec = {**spec, "allow_tf32": bool(torch.backends.cudnn.allow_tf32)}
     command = [sys.executable, "-m", "spinseg.benchmark", "--phase", json.dumps(spec)]
     environment = dict(os.environ)
     if spec.get("default_heap"):  # glibc's own malloc settings, as a script that does not tune them gets

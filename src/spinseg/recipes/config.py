@@ -69,6 +69,7 @@ class TrainConfig:
     deterministic: bool = False
     amp: bool = False
     compile: bool = False
+    allow_tf32: bool = False  # TF32 convolutions/matmuls on Ampere+ GPUs: faster, ~1e-3 off fp32 (off by default)
     channels_last: bool = True  # NHWC training (spinseg.fast_training); --no-channels_last for the plain layout
     val_batch_size: int = 16
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -43,6 +42,15 @@ from spinseg.models.checkpoint import (
 from spinseg.models.keras_weights import is_hdf5_file
 from spinseg.models.model_config import model_input_config, parse_model_config
 from spinseg.recipes.config import TrainConfig, schedule_value, validate_train_config
+from spinseg.training.devices import (
+    DeviceLossTracker,
+    configure_cuda_math,
+    load_optimizer_state,
+    prepare_distributed_batch_norm,
+    read_loss_on_all_ranks,
+    run_on_all_ranks,
+)
+from spinseg.training.epoch_loader import EpochSettingsDataset, EpochSettingsSampler
 from spinseg.training.run_folder import (
     CHECKPOINT_PATTERN,
     check_free_space,
@@ -130,6 +138,7 @@ def train(config: TrainConfig) -> dict:
     if config.n_thread > 0:
         torch.set_num_threads(config.n_thread)
     seed_everything(config.seed, config.deterministic)
+    configure_cuda_math(device, config.allow_tf32, config.deterministic)  # TF32 off unless asked; cuDNN autotuner
 
     # Every input is checked before anything is written, so bad input leaves nothing half-written.
     scan_paths, ground_truth_paths = read_paired_lists(config.train_multimodal_scan_paths, config.train_ground_truth_path)
@@ -151,6 +160,7 @@ def train(config: TrainConfig) -> dict:
         [p for p in model.parameters() if p.requires_grad], lr=config.learning_rates[0], weight_decay=config.w_weight_decay
     )
     step, best, resumed_loss = 0, {"dice": -1.0, "step": 0}, float("nan")
+    optimizer_state = None  # loaded once the model is on its device (see load_optimizer_state)
 
     restore, checkpoint = config.restore_path, None
     if config.resume and not restore:
@@ -168,11 +178,7 @@ def train(config: TrainConfig) -> dict:
     if restore:
         # Strict, one-line check: a checkpoint of another configuration names the keys that differ.
         load_state_dict_checked(model, loaded.state_dict(), restore, f"model {config.model_name!r} as configured")
-        if "optimizer_state_dict" in checkpoint:
-            try:
-                optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-            except (ValueError, KeyError) as error:
-                raise fail(restore, f"optimizer state does not fit this model ({error})") from None
+        optimizer_state = checkpoint.get("optimizer_state_dict")
         train_state = checkpoint.get("train_state", {})
         step = int(train_state.get("step", checkpoint.get("train_step", 0)))
         best = train_state.get("best", best)
@@ -183,14 +189,21 @@ def train(config: TrainConfig) -> dict:
     model.to(device)
     # Channels-last layout, exact CPU batch statistics, in-place block activations (spinseg.fast_training).
     prepare_training_model(model, device, channels_last=config.channels_last)
+    if optimizer_state is not None:  # now that the parameters are on the device: Adam's state follows them
+        try:
+            load_optimizer_state(optimizer, optimizer_state)
+        except (ValueError, KeyError) as error:
+            raise fail(restore, f"optimizer state does not fit this model ({error})") from None
     # Weights + Adam's two moments (+ buffers, small): roughly what one checkpoint takes on disk.
     checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     if context.is_main:
         check_writable(checkpoint_dir / "checkpoints", checkpoint_bytes)
     train_model = model
     if context.enabled:
+        # SyncBatchNorm on several GPUs (each sees n_batch / N samples), a warning on CPUs.
+        train_model = prepare_distributed_batch_norm(model, device, context.world_size, config.n_batch // context.world_size)
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            train_model, device_ids=[device.index] if device.type == "cuda" else None
         )
     forward_model = torch.compile(train_model) if config.compile else train_model
 
@@ -222,12 +235,12 @@ def train(config: TrainConfig) -> dict:
     # norm a single value per channel at the coarsest scale of small crops (it cannot train on that).
     drop_last = sampler.num_samples >= per_process_batch
     loader = DataLoader(
-        dataset,
+        EpochSettingsDataset(dataset),  # workers stay alive across epochs; each index carries its epoch's settings
         batch_size=per_process_batch,
-        sampler=sampler,
+        sampler=EpochSettingsSampler(sampler, dataset),
         num_workers=config.n_workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        persistent_workers=config.n_workers > 0,
         generator=loader_generator,
         drop_last=drop_last,
     )
@@ -285,6 +298,13 @@ def train(config: TrainConfig) -> dict:
             flush=True,
         )
 
+    def validate_and_save(current_step: int, loss_value: float) -> None:
+        if config.n_validation and current_step % config.n_validation == 0:
+            run_validation(current_step)
+        if context.is_main and current_step % config.n_checkpoint == 0:
+            save(current_step, loss_value)
+
+    loss_tracker = DeviceLossTracker()
     from tqdm import tqdm
 
     progress = tqdm(total=total_steps, initial=step, disable=not context.is_main, desc="train", dynamic_ncols=True)
@@ -315,11 +335,13 @@ def train(config: TrainConfig) -> dict:
             loss.backward()
             optimizer.step()
             step += 1
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise RuntimeError(f"training diverged at step {step}: loss {loss_value}")
             progress.update(1)
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{learning_rate:.1e}", epoch=epoch)
+            # The loss stays on the device between reads: loss.item() every step would wait for the GPU.
+            loss_tracker.add(loss)
+            will_save = step % config.n_checkpoint == 0 or (config.n_validation and step % config.n_validation == 0)
+            if step % config.n_summary == 0 or step == 1 or step >= total_steps or will_save:
+                loss_value = read_loss_on_all_ranks(loss_tracker, step, context.enabled, device)
+                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{learning_rate:.1e}", epoch=epoch)
             if context.is_main and (step % config.n_summary == 0 or step == 1):
                 writer.add_scalar("train/loss", loss_value, step)
                 writer.add_scalar("train/learning_rate", learning_rate, step)
@@ -327,23 +349,21 @@ def train(config: TrainConfig) -> dict:
                 writer.add_images("train/scan_groundtruth_prediction", image_grid(images, targets, logits.detach()), step)
             # Validation first, so the checkpoint of this step already holds its "best": a run
             # resumed from it then neither repeats nor loses that validation.
-            if config.n_validation and step % config.n_validation == 0 and step < total_steps:
-                run_validation(step)
-            if context.is_main and step % config.n_checkpoint == 0 and step < total_steps:
-                save(step, loss_value)
-            if context.enabled:
-                dist.barrier()
+            if will_save and step < total_steps:
+                # Rank-local work, then every rank learns whether any failed (instead of a barrier).
+                run_on_all_ranks(context.enabled, device, lambda: validate_and_save(step, loss_value))
             if step >= total_steps:
                 break
     progress.close()
 
-    if context.is_main:
-        run_validation(step)
-        save(step, loss_value)
-        writer.flush()
-        writer.close()
-    if context.enabled:
-        dist.barrier()
+    def finish() -> None:
+        if context.is_main:
+            run_validation(step)
+            save(step, loss_value)
+            writer.flush()
+            writer.close()
+
+    run_on_all_ranks(context.enabled, device, finish)
     seconds = time.time() - start_time
     summary = {
         "steps": step,
