@@ -264,3 +264,24 @@ def test_kiunet_recipe_fits_a_24_gb_gpu():
     # 20% headroom for cuDNN workspaces, the CUDA context and fragmentation.
     assert row.train_gib * 1.2 < 24 * 1e9 / 2**30 and row.inference_gib * 1.2 < 24 * 1e9 / 2**30
     assert not math.isnan(row.train_gib) and row.train_gib > 1
+
+
+def test_benchmark_records_tf32_and_passes_the_choice_to_phase_processes(monkeypatch):
+    """The fresh phase processes (``--isolate``) follow the parent's TF32 choice."""
+    import spinseg.experiments.benchmark as benchmark
+
+    sent = {}
+
+    class Completed:
+        stdout, stderr, returncode = benchmark.PHASE_RESULT_PREFIX + "{}", "", 0
+
+    def fake_run(command, **kwargs):
+        sent.update(__import__("json").loads(command[-1]))
+        return Completed()
+
+    monkeypatch.setattr(benchmark.subprocess, "run", fake_run)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    benchmark.run_phase({"kind": "data", "device": "cpu"}, isolate=True)
+    assert sent["allow_tf32"] is True
+    parser_help = __import__("spinseg.cli.benchmark", fromlist=["build_parser"]).build_parser().format_help()
+    assert "--allow_tf32" in parser_help and "--memory_estimate" in parser_help
