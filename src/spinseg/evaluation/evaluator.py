@@ -25,6 +25,7 @@ from spinseg.io.files import write_json, write_text
 from spinseg.models.checkpoint import load_model
 from spinseg.models.model_config import model_input_config, parse_model_config
 from spinseg.recipes.config import EvaluateConfig
+from spinseg.training.devices import configure_cuda_math
 from spinseg.training.runtime import select_device
 
 KNOWN_METRIC_GROUPS = ("release", "challenge", "size")
@@ -63,6 +64,7 @@ def evaluate(config: EvaluateConfig) -> dict:
     if not config.restore_path:
         raise UserInputError("--restore_path: give the checkpoint to evaluate")
     device = select_device(config.device)
+    configure_cuda_math(device)  # no TF32: the optimised and plain paths give the same masks (docs/gpu.md)
     if config.n_thread > 0:
         torch.set_num_threads(config.n_thread)
     scan_paths, ground_truth_paths = read_paired_lists(config.multimodal_scan_paths, config.ground_truth_path)
