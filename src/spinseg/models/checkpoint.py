@@ -149,22 +149,25 @@ def load_model(path: str | os.PathLike, name: str, **config) -> nn.Module:
 
 
 def model_config(model: nn.Module) -> dict:
-    """The JSON-serialisable constructor config of a built model."""
-    config = getattr(model, "config", {})
-    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    """The JSON-serialisable constructor config of a built model (``RemembersConfig.config``)."""
+    return dict(getattr(model, "config", {}))
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> None:
     """Writes our checkpoint atomically: model name, config and weights, plus ``extra`` entries.
 
-    ``extra`` holds training state (``optimizer_state_dict``, ``train_state``, ``rng_state``...);
-    it must contain only tensors, dicts, lists, strings and numbers so it reloads safely.
+    A model that carries a ``preprocessing`` dict (the trainer attaches one: slices, normalisation,
+    threshold; see ``spinseg.recipes.preprocessing``) has it saved too, so evaluate and predict
+    need no flags. ``extra`` holds training state (``optimizer_state_dict``, ``train_state``,
+    ``rng_state``...); it must contain only tensors, dicts, lists, strings and numbers so it reloads safely.
     """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    preprocessing = getattr(model, "preprocessing", None)
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model_name": getattr(model, "model_name", type(model).__name__.lower()),
         "model_config": model_config(model),
+        **({"preprocessing": dict(preprocessing)} if preprocessing else {}),
         "model_state_dict": model.state_dict(),
         **extra,
     }
@@ -231,6 +234,7 @@ def export_safetensors(checkpoint_path: str | os.PathLike, output_path: str | os
         "format": CHECKPOINT_FORMAT,
         "model_name": checkpoint["model_name"],
         "model_config": json.dumps(checkpoint["model_config"]),
+        **({"preprocessing": json.dumps(checkpoint["preprocessing"])} if "preprocessing" in checkpoint else {}),
     }
     output_path = Path(output_path)
     write_atomically(output_path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata), ".safetensors")

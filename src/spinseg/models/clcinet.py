@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .base import RemembersConfig
 from .blocks import activation_from_name, initialize_weights
 from .layers_extra import (
     ConvLSTM2d,
@@ -140,7 +141,7 @@ class ContextInferenceDecoderLevel(nn.Module):
         return self.convolutions(self.context_inference([upsampled, self.skip_convolution(skip)]))
 
 
-class CLCINet(nn.Module):
+class CLCINet(RemembersConfig):
     """CLCI-Net: x (B, input_channels, H, W) -> logits (B, 1, H, W), any H, W.
 
     Arguments (keyword only, defaults are the paper's / release's settings):

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .base import RemembersConfig
 from .blocks import activation_from_name, initialize_weights
 from .layers_extra import (
     ConvNormActivation,
@@ -82,7 +83,7 @@ class UpConvolution(nn.Module):
         return self.conv(self.upsample(x))
 
 
-class DUNet(nn.Module):
+class DUNet(RemembersConfig):
     """D-UNet: x (B, input_channels, H, W) -> logits (B, 1, H, W), any H, W.
 
     Arguments (keyword only, defaults are the paper's / release's settings):

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import RemembersConfig
 from .blocks import Conv2dBlock, activation_from_name, initialize_weights
 from .layers_extra import add_zero_bias, crop_to_size, pad_to_multiple, validate_common_options, validate_padding_mode
 
@@ -76,7 +77,7 @@ class CrossResidualFusionBlock(nn.Module):
         return unet + from_kite, kite + from_unet
 
 
-class KiUNet(nn.Module):
+class KiUNet(RemembersConfig):
     """KiU-Net 2-D: x (B, in_channels, H, W) -> logits (B, 1, H, W) for any H, W.
 
     Keyword arguments (defaults = the paper's 2-D KiU-Net):

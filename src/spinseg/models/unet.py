@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import RemembersConfig
 from .blocks import Conv2dBlock, DecoderBlock, initialize_weights
 
 SUBNETWORK_NAMES = ("encoder_segmentation", "decoder_segmentation")
@@ -82,7 +83,7 @@ class GenericDecoder(nn.Module):
         return self.output(x)
 
 
-class UNet(nn.Module):
+class UNet(RemembersConfig):
     """Release U-Net: x (B, C, H, W) -> logits (B, 1, H, W); predicts at H/2 and upsamples bilinearly."""
 
     PUBLISHED_FILTERS = (64, 128, 256, 512, 1024)

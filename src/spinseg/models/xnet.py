@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import RemembersConfig
 from .blocks import Conv2dBlock, UpsampleConvBlock, activation_from_name, initialize_weights
 from .layers_extra import add_zero_bias, crop_to_size, pad_to_multiple, use_keras_arithmetic, validate_common_options, validate_padding_mode
 
@@ -131,7 +132,7 @@ class XNetDecoderStage(nn.Module):
         return self.block(torch.cat([skip, upsampled], dim=1))
 
 
-class XNet(nn.Module):
+class XNet(RemembersConfig):
     """X-Net: x (B, in_channels, H, W) -> logits (B, 1, H, W) for any H, W.
 
     Keyword arguments (defaults = the paper's / release's settings):

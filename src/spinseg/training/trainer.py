@@ -31,6 +31,7 @@ from spinseg.data.volumes import (
 from spinseg.errors import UserInputError, fail, warn
 from spinseg.evaluation.metrics import mean_over_subjects, release_metrics
 from spinseg.io.files import write_json
+from spinseg.io.progress import progress_bar
 from spinseg.models import build_model
 from spinseg.models.checkpoint import (
     load_model,
@@ -51,6 +52,7 @@ from spinseg.training.devices import (
     run_on_all_ranks,
 )
 from spinseg.training.epoch_loader import EpochSettingsDataset, EpochSettingsSampler
+from spinseg.recipes.preprocessing import preprocessing_record
 from spinseg.training.run_folder import (
     CHECKPOINT_PATTERN,
     check_free_space,
@@ -156,6 +158,7 @@ def train(config: TrainConfig) -> dict:
     channels_per_slice = 3 if two_dimensional else 1
     model_config = model_input_config(config.model_name, config.n_chunk, channels_per_slice, parse_model_config(config.model_config))
     model = build_model(config.model_name, **model_config)
+    model.preprocessing = preprocessing_record(config)  # saved in every checkpoint: evaluate/predict need no flags
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=config.learning_rates[0], weight_decay=config.w_weight_decay
     )
@@ -305,9 +308,7 @@ def train(config: TrainConfig) -> dict:
             save(current_step, loss_value)
 
     loss_tracker = DeviceLossTracker()
-    from tqdm import tqdm
-
-    progress = tqdm(total=total_steps, initial=step, disable=not context.is_main, desc="train", dynamic_ncols=True)
+    progress = progress_bar(total=total_steps, initial=step, enabled=context.is_main, desc="train", dynamic_ncols=True)
     model.train()
     loss_value, start_time, start_step = resumed_loss, time.time(), step
     while step < total_steps:
