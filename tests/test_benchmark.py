@@ -36,6 +36,7 @@ def test_quick_benchmark_passes_and_reports_every_figure(quick_run):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "PASS" in completed.stdout and "spin" in completed.stdout
     assert results["passed"] is True and results["partial"] is False
+    assert results["tf32"] is False  # fp32 phases run without TF32 unless --allow_tf32 (issue 17)
     assert results["matmul_gflops"] > 0 and results["machine"]["cpu_cores"] >= 1
     (record,) = results["models"]
     assert record["model"] == "spin" and record["parameters"] == 5_263_808

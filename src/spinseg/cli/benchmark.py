@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bf16", choices=("auto", "yes", "no"), default="auto",
                         help="also time the optimised paths under bf16 autocast against the fp32 plain path "
                              "(auto: where the device computes bf16 in hardware; not with --amp)")
+    parser.add_argument("--allow_tf32", action="store_true",
+                        help="let fp32 phases use TF32 on Ampere+ GPUs (default off: the fp32 checks claim fp32 exactness; "
+                             "recorded in the JSON as tf32)")
+    parser.add_argument("--memory_estimate", action="store_true",
+                        help="print each model recipe's GPU memory (meta-device count of saved activations) and exit")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile variants (slow to compile on CPU)")
     parser.add_argument("--no_skip_background", action="store_true", help="run every slice in the optimised path too")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH", help="trained weights for a model")
@@ -60,16 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.phase:
         spec = json.loads(args.phase)
+        from spinseg.training.devices import configure_cuda_math
+
+        configure_cuda_math(torch.device(spec.get("device", "cpu")), allow_tf32=spec.get("allow_tf32", False))
         print(PHASE_RESULT_PREFIX + json.dumps({**PHASES[spec["kind"]](spec), "glibc_heap_tuned": heap_tuned}), flush=True)
         return 0
 
     from spinseg.models import available_models
+    from spinseg.training.devices import configure_cuda_math
     from spinseg.training.runtime import native_bf16, select_device
 
+    if args.memory_estimate:
+        from spinseg.experiments.memory import format_memory_table, recipe_memory_table
+
+        print(format_memory_table(recipe_memory_table(args.models)), flush=True)
+        return 0
     device = select_device(args.device)
-    if device.type == "cuda":
-        # Both paths alike: let cuDNN pick its fastest convolution algorithm per input shape.
-        torch.backends.cudnn.benchmark = True
+    # Both paths alike: cuDNN's fastest algorithm per shape; TF32 only with --allow_tf32.
+    tf32 = configure_cuda_math(device, allow_tf32=args.allow_tf32)
     if args.quick:
         args.height, args.width, args.depth = QUICK_SHAPE
         args.batch_size, args.inference_batch_size, args.fast_batch_size, args.repeats, args.train_repeats, args.volumes = 2, 4, 4, 1, 1, 2
@@ -85,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserInputError("no model to benchmark: " + "; ".join(f"{k}: {v}" for k, v in skipped_models.items()))
 
     args.bf16_variants = not args.amp and (args.bf16 == "yes" or (args.bf16 == "auto" and native_bf16(device)))
+    args.tf32 = tf32  # recorded in the results
     results = run_benchmark(args, device, names, skipped_models, isolate)
     print(format_table(results) if results["models"] else "no model finished", flush=True)
     print("PASS: optimised outputs agree with the plain path" if results["passed"] else "FAIL: see the check columns / JSON", flush=True)

@@ -63,11 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     inputs = collect_inputs(arguments.input)
 
     from spinseg.acceleration.allocator import tune_glibc_malloc
+    from spinseg.training.devices import configure_cuda_math
     from spinseg.training.runtime import select_device
     from spinseg.models.model_config import parse_model_config
 
     tune_glibc_malloc()
     device = select_device(arguments.device)
+    configure_cuda_math(device)  # no TF32: masks as in fp32 (docs/gpu.md)
     if not Path(arguments.checkpoint).is_file():
         raise fail(arguments.checkpoint, "checkpoint not found")
     flags = PreprocessingFlags(

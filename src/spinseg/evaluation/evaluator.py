@@ -27,6 +27,7 @@ from spinseg.io.files import write_json, write_text
 from spinseg.io.progress import progress_bar
 from spinseg.recipes.config import EvaluateConfig, validate_evaluate_config
 from spinseg.recipes.preprocessing import flags_of, load_with_preprocessing, with_preprocessing
+from spinseg.training.devices import configure_cuda_math
 from spinseg.training.runtime import select_device
 
 KNOWN_METRIC_GROUPS = ("release", "challenge", "size", "boundary")
@@ -77,6 +78,7 @@ def evaluate(config: EvaluateConfig) -> dict:
 
         return evaluate_with_preset(config)
     device = select_device(config.device)
+    configure_cuda_math(device)  # no TF32: the optimised and plain paths give the same masks (docs/gpu.md)
     if config.n_thread > 0:
         torch.set_num_threads(config.n_thread)
     scan_paths, ground_truth_paths = read_paired_lists(config.multimodal_scan_paths, config.ground_truth_path)

@@ -130,6 +130,11 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, size
         torch.mm(left, right)
         synchronize(device)
         best = min(best, time.perf_counter() - start)
+    del left, right
+    if device.type == "cuda":
+        # The probe's 8192^2 operands must not count towards the phases' peak memory.
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     return 2 * size**3 / best / 1e9
 
 
@@ -418,6 +423,8 @@ def run_phase(spec: dict, isolate: bool) -> dict:
     """Runs one phase here or in a fresh ``python -m spinseg.benchmark --phase`` process."""
     if not isolate:
         return PHASES[spec["kind"]](spec)
+    # The fresh process follows this one's TF32 choice (configure_cuda_math in the command).
+    spec = {**spec, "allow_tf32": bool(torch.backends.cudnn.allow_tf32)}
     command = [sys.executable, "-m", "spinseg.benchmark", "--phase", json.dumps(spec)]
     environment = dict(os.environ)
     if spec.get("default_heap"):  # glibc's own malloc settings, as a script that does not tune them gets
@@ -684,6 +691,7 @@ def benchmark_header(args, device: torch.device, isolate: bool) -> tuple[dict[st
 
     results: dict[str, Any] = {"machine": machine_description(device), "device": str(device), "amp": args.amp,
                                "bf16_variants": args.bf16_variants, "native_bf16": native_bf16(device),
+                               "tf32": getattr(args, "tf32", False),
                                "shape": [args.height, args.width, args.depth], "isolated_phases": isolate,
                                "arguments": {k: v for k, v in vars(args).items() if k not in ("phase", "checkpoints")}}
     print(f"measuring the fp32 matmul rate on {device} ...", flush=True)

@@ -91,6 +91,8 @@ class TrainConfig:
     deterministic: bool = option(False, "deterministic algorithms (slower)")
     amp: bool = option(False, "bfloat16 autocast (GPUs; CPUs with AVX512-BF16 or AMX)")
     compile: bool = option(False, "torch.compile the model")
+    allow_tf32: bool = option(False, "TF32 convolutions/matmuls on Ampere+ GPUs: faster, ~1e-3 off fp32 "
+                              "(default off; ignored with --deterministic)")
     # NHWC training (spinseg.acceleration.training); --no-channels_last for the plain layout.
     channels_last: bool = option(True, "channels-last (NHWC) training")
     val_batch_size: int = option(16, "slices per forward pass during validation")

@@ -86,8 +86,13 @@ RECIPES = {
         note="5 slices (its paper: 4; our slice stacks are centred, so odd), T1 / 100 as the release's h5 export",
     ),
     "clcinet": ModelRecipe("clcinet", "CLCI-Net", 1, train=dict(DIVIDE_BY_100), note="1 slice, T1 / 100"),
-    "kiunet": ModelRecipe("kiunet", "KiU-Net", 1, train={**ATLAS_STANDARD, "learning_rates": [1e-3, 1e-4, 5e-5]},
-                          note="1 slice, Adam 1e-3 as its paper, then SPiN's schedule"),
+    # Full-resolution branches: whole 197x233 slices at batch 8 need ~46 GiB to train and ~37 GiB to
+    # validate at 16 (spinseg.experiments.memory); 128x128 crops and batch-4 validation fit a 24 GB GPU.
+    "kiunet": ModelRecipe("kiunet", "KiU-Net", 1,
+                          train={**ATLAS_STANDARD, "learning_rates": [1e-3, 1e-4, 5e-5], "crop_shape": [128, 128], "val_batch_size": 4},
+                          evaluate={"batch_size": 4},
+                          note="1 slice, Adam 1e-3 as its paper, then SPiN's schedule; 128x128 crops and "
+                               "validation/evaluation batch 4 so that it fits a 24 GB GPU"),
     "xnet": ModelRecipe(
         "xnet", "X-Net", 1, train=dict(DIVIDE_BY_100),
         note="1 slice, T1 / 100 (its paper: each volume over its own maximum)",

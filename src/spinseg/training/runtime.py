@@ -10,22 +10,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from spinseg.errors import UserInputError
+from spinseg.training.devices import (
+    cuda_rng_states,
+    gpu_has_native_bf16,
+    is_cuda_request,
+    parse_device,
+    restore_cuda_rng_states,
+)
 
 
 def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """"auto" -> cuda:<local_rank> when available, else cpu; "gpu" is accepted for "cuda" (release name)."""
-    if name in ("auto", ""):
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "gpu":
-        name = "cuda"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserInputError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-        return torch.device(name if ":" in name else f"cuda:{local_rank}")
-    if name != "cpu":
-        raise UserInputError(f"--device {name!r}: choose auto, cpu or cuda")
-    return torch.device("cpu")
+    """"auto" -> cuda:<local_rank> when available, else cpu; "gpu" is accepted for "cuda" (release name);
+    "cuda:N" picks GPU N (under torchrun each rank takes its LOCAL_RANK's GPU, see parse_device)."""
+    return parse_device(name, local_rank, int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -35,7 +32,8 @@ def native_bf16(device: torch.device) -> bool:
     x86 CPUs, which is slower than fp32).
     """
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # is_bf16_supported() also says yes where bf16 is only emulated (V100, T4).
+        return gpu_has_native_bf16(torch.cuda.get_device_capability(device))
     cpu = getattr(torch, "cpu", None)
     checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return torch.backends.mkldnn.is_available() and any(check() for check in checks if check is not None)
@@ -63,8 +61,9 @@ def rng_state() -> dict:
                   "has_gauss": int(numpy_state[3]), "cached_gaussian": float(numpy_state[4])},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    cuda_states = cuda_rng_states()  # None unless this process already uses CUDA
+    if cuda_states is not None:
+        state["cuda"] = cuda_states
     return state
 
 
@@ -76,8 +75,8 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
                          numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state:
+        restore_cuda_rng_states(state["cuda"])  # as many GPUs as are both saved and visible
 
 
 @dataclass
@@ -103,7 +102,7 @@ def init_distributed(device_name: str) -> DistributedContext:
     if world_size <= 1:
         return DistributedContext()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device_name in ("auto", "cuda", "gpu") and torch.cuda.is_available()
+    use_cuda = (device_name in ("auto", "") or is_cuda_request(device_name)) and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():

@@ -9,7 +9,6 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from spinseg.acceleration.training import prepare_training_model
@@ -44,6 +43,15 @@ from spinseg.models.keras_weights import is_hdf5_file
 from spinseg.models.model_config import model_input_config, parse_model_config
 from spinseg.recipes.config import TrainConfig, schedule_value, validate_train_config
 from spinseg.recipes.preprocessing import preprocessing_record
+from spinseg.training.devices import (
+    DeviceLossTracker,
+    configure_cuda_math,
+    load_optimizer_state,
+    prepare_distributed_batch_norm,
+    read_loss_on_all_ranks,
+    run_on_all_ranks,
+)
+from spinseg.training.epoch_loader import EpochSettingsDataset, EpochSettingsSampler
 from spinseg.training.losses import build_loss, build_optimizer
 from spinseg.training.run_folder import (
     CHECKPOINT_PATTERN,
@@ -169,6 +177,8 @@ class TrainingRun:
     best: dict = field(default_factory=lambda: {"dice": -1.0, "step": 0})
     loss: float = float("nan")
     writer: Any = None  # tensorboard SummaryWriter, main process only
+    # The loss stays on the device between reads: loss.item() every step would wait for the GPU.
+    loss_tracker: DeviceLossTracker = field(default_factory=DeviceLossTracker)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,9 +201,11 @@ def read_training_inputs(config: TrainConfig) -> TrainingInputs:
 
 
 def restore_training_state(config: TrainConfig, checkpoint_dir: Path, model: torch.nn.Module, model_config: dict,
-                           optimizer: torch.optim.Optimizer) -> tuple[int, dict, float]:
+                           optimizer: torch.optim.Optimizer) -> tuple[int, dict, float, dict | None]:
     """Loads ``--restore_path`` (or, with ``--resume``, the run's latest complete checkpoint) into
-    ``model`` and ``optimizer`` and restores the RNGs; returns (step, best validation, last loss)."""
+    ``model`` and restores the RNGs; returns (step, best validation, last loss, the optimizer's saved
+    state). The optimizer state is loaded by the caller once the model is on its device, so Adam's
+    moments follow the parameters there (:func:`spinseg.training.devices.load_optimizer_state`)."""
     step, best, loss = 0, {"dice": -1.0, "step": 0}, float("nan")
     restore, checkpoint = config.restore_path, None
     if config.resume and not restore:
@@ -204,7 +216,7 @@ def restore_training_state(config: TrainConfig, checkpoint_dir: Path, model: tor
             check_resume_config(restore, checkpoint.get("train_config", {}), config)
             print(f"resuming from {restore}", flush=True)
     if not restore:
-        return step, best, loss
+        return step, best, loss, None
     if is_hdf5_file(restore):  # the authors' Keras weights: no optimizer or training state
         checkpoint, loaded = {}, load_model(restore, config.model_name, **model_config)
     else:
@@ -212,18 +224,13 @@ def restore_training_state(config: TrainConfig, checkpoint_dir: Path, model: tor
         loaded = model_from_checkpoint(checkpoint, restore, config.model_name, **model_config)
     # Strict, one-line check: a checkpoint of another configuration names the keys that differ.
     load_state_dict_checked(model, loaded.state_dict(), restore, f"model {config.model_name!r} as configured")
-    if "optimizer_state_dict" in checkpoint:
-        try:
-            optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-        except (ValueError, KeyError) as error:
-            raise fail(restore, f"optimizer state does not fit this model ({error})") from None
     train_state = checkpoint.get("train_state", {})
     step = int(train_state.get("step", checkpoint.get("train_step", 0)))
     best = train_state.get("best", best)
     loss = float(train_state.get("loss", float("nan")))
     if "rng_state" in checkpoint:
         set_rng_state(checkpoint["rng_state"])
-    return step, best, loss
+    return step, best, loss, checkpoint.get("optimizer_state_dict")
 
 
 def wrap_for_training(model: torch.nn.Module, config: TrainConfig, context: DistributedContext,
@@ -232,8 +239,10 @@ def wrap_for_training(model: torch.nn.Module, config: TrainConfig, context: Dist
     compiled with ``--compile``. The returned module shares ``model``'s parameters."""
     train_model = model
     if context.enabled:
+        # SyncBatchNorm on several GPUs (each sees n_batch / N samples), a warning on CPUs.
+        train_model = prepare_distributed_batch_norm(model, device, context.world_size, config.n_batch // context.world_size)
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            train_model, device_ids=[device.index] if device.type == "cuda" else None
         )
     return torch.compile(train_model) if config.compile else train_model
 
@@ -269,12 +278,12 @@ def build_training_data(config: TrainConfig, context: DistributedContext, device
     # norm a single value per channel at the coarsest scale of small crops (it cannot train on that).
     drop_last = sampler.num_samples >= per_process_batch
     loader = DataLoader(
-        dataset,
+        EpochSettingsDataset(dataset),  # workers stay alive across epochs; each index carries its epoch's settings
         batch_size=per_process_batch,
-        sampler=sampler,
+        sampler=EpochSettingsSampler(sampler, dataset),
         num_workers=config.n_workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        persistent_workers=config.n_workers > 0,
         generator=loader_generator,
         drop_last=drop_last,
         worker_init_fn=ignore_interrupt_in_worker,  # Ctrl-C reaches only the main process
@@ -292,6 +301,7 @@ def build_run(config: TrainConfig) -> TrainingRun:
     if config.n_thread > 0:
         torch.set_num_threads(config.n_thread)
     seed_everything(config.seed, config.deterministic)
+    configure_cuda_math(device, config.allow_tf32, config.deterministic)  # TF32 off unless asked; cuDNN autotuner
     inputs = read_training_inputs(config)
     normalization = Normalization(config.dataset_normalization, config.dataset_means, config.dataset_stddevs)
 
@@ -305,11 +315,16 @@ def build_run(config: TrainConfig) -> TrainingRun:
                                 config.learning_rates[0], config.w_weight_decay)
     if context.is_main and checkpoint_dir.is_dir():
         lock_run_folder(checkpoint_dir)  # before a resume cleans or reads the folder
-    step, best, loss = restore_training_state(config, checkpoint_dir, model, model_config, optimizer)
+    step, best, loss, optimizer_state = restore_training_state(config, checkpoint_dir, model, model_config, optimizer)
 
     model.to(device)
     # Channels-last layout, exact CPU batch statistics, in-place block activations (spinseg.acceleration.training).
     prepare_training_model(model, device, channels_last=config.channels_last)
+    if optimizer_state is not None:  # now that the parameters are on the device: Adam's state follows them
+        try:
+            load_optimizer_state(optimizer, optimizer_state)
+        except (ValueError, KeyError) as error:
+            raise fail(config.restore_path or checkpoint_dir, f"optimizer state does not fit this model ({error})") from None
     # Weights + Adam's two moments (+ buffers, small): roughly what one checkpoint takes on disk.
     checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     if context.is_main:
@@ -406,18 +421,33 @@ def log_step(run: TrainingRun, images: torch.Tensor, targets: torch.Tensor, logi
     run.writer.add_images("train/scan_groundtruth_prediction", image_grid(images, targets, logits.detach()), run.step)
 
 
-def after_step(run: TrainingRun) -> None:
-    """Validation and checkpoint when due (not at the last step: :func:`finish_run` does those), then
-    the processes wait for each other."""
+def saves_now(run: TrainingRun) -> bool:
+    """Whether this step validates or saves a checkpoint."""
     config = run.config
-    # Validation first, so the checkpoint of this step already holds its "best": a run
-    # resumed from it then neither repeats nor loses that validation.
-    if config.n_validation and run.step % config.n_validation == 0 and run.step < run.total_steps:
-        validate_and_keep_best(run)
-    if run.context.is_main and run.step % config.n_checkpoint == 0 and run.step < run.total_steps:
-        save_step_checkpoint(run)
-    if run.context.enabled:
-        dist.barrier()
+    return run.step % config.n_checkpoint == 0 or bool(config.n_validation and run.step % config.n_validation == 0)
+
+
+def loss_is_read(run: TrainingRun) -> bool:
+    """Whether the device loss is read back now: at summaries, the first and last step, and before a save."""
+    return run.step % run.config.n_summary == 0 or run.step == 1 or run.step >= run.total_steps or saves_now(run)
+
+
+def after_step(run: TrainingRun) -> None:
+    """Validation and checkpoint when due (not at the last step: :func:`finish_run` does those). The
+    work is rank-local; then every rank learns whether any failed, instead of waiting in a barrier."""
+    if not saves_now(run) or run.step >= run.total_steps:
+        return
+
+    def validate_and_save() -> None:
+        config = run.config
+        # Validation first, so the checkpoint of this step already holds its "best": a run
+        # resumed from it then neither repeats nor loses that validation.
+        if config.n_validation and run.step % config.n_validation == 0:
+            validate_and_keep_best(run)
+        if run.context.is_main and run.step % config.n_checkpoint == 0:
+            save_step_checkpoint(run)
+
+    run_on_all_ranks(run.context.enabled, run.device, validate_and_save)
 
 
 def train_epoch(run: TrainingRun, progress) -> None:
@@ -428,11 +458,11 @@ def train_epoch(run: TrainingRun, progress) -> None:
         images, targets = batch_to_device(images, targets, run.device, run.config.channels_last)
         loss, logits = training_step(run.forward_model, run.optimizer, images, targets, run.loss_function, run.config.amp)
         run.step += 1
-        run.loss = loss.item()
-        if not math.isfinite(run.loss):
-            raise RuntimeError(f"training diverged at step {run.step}: loss {run.loss}")
+        run.loss_tracker.add(loss)
         progress.update(1)
-        progress.set_postfix(loss=f"{run.loss:.4f}", lr=f"{learning_rate:.1e}", epoch=epoch)
+        if loss_is_read(run):  # every rank learns of a NaN on any rank (read_loss_on_all_ranks raises)
+            run.loss = read_loss_on_all_ranks(run.loss_tracker, run.step, run.context.enabled, run.device)
+            progress.set_postfix(loss=f"{run.loss:.4f}", lr=f"{learning_rate:.1e}", epoch=epoch)
         log_step(run, images, targets, logits, learning_rate)
         after_step(run)
         if run.step >= run.total_steps:
@@ -486,14 +516,16 @@ def step_checkpoint_path(run: TrainingRun) -> Path:
 
 
 def finish_run(run: TrainingRun) -> None:
-    """Last validation and checkpoint (main process), then the processes wait for each other."""
-    if run.context.is_main:
-        validate_and_keep_best(run)
-        save_step_checkpoint(run)
-        run.writer.flush()
-        run.writer.close()
-    if run.context.enabled:
-        dist.barrier()
+    """Last validation and checkpoint (main process); every rank learns whether that failed."""
+
+    def finish() -> None:
+        if run.context.is_main:
+            validate_and_keep_best(run)
+            save_step_checkpoint(run)
+            run.writer.flush()
+            run.writer.close()
+
+    run_on_all_ranks(run.context.enabled, run.device, finish)
 
 
 def train(config: TrainConfig) -> dict:
