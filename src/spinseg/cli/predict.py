@@ -7,11 +7,13 @@ from pathlib import Path
 
 from spinseg.errors import UserInputError, cli_entry, fail
 from spinseg.inference.scan import (
-    collect_inputs,
     default_normalization,
     load_predict_model,
-    run_predict,
 )
+# issue 14: registration, intensity safety, lesion report and whole studies
+from spinseg.inference.intensity import INTENSITY_MODES
+from spinseg.inference.native import PredictSettings
+from spinseg.inference.study import collect_jobs, run_study
 
 DESCRIPTION = "Segment your own T1 scans: ``python -m spinseg.predict --model spin --checkpoint CKPT --input scan.nii.gz --output OUT``.\n\nThe models were trained on ATLAS R1.2: T1 volumes registered to MNI152 2009 (197 x 233 x 189\nvoxels of 1 mm, the template's affine), sliced along the last axis. Each input scan is therefore\n\n1. read with nibabel (any 3-D NIfTI; a 4-D one whose last dimension is 1 is squeezed and the\n   outputs keep its (X, Y, Z, 1) shape),\n2. resampled (trilinear, in world coordinates, which also handles orientation and axis order)\n   onto the MNI template grid -- skipped when it is already on it,\n3. segmented slice by slice with the 2.5-D model (:func:`spinseg.fast_inference.predict_volume_fast`\n   over a model from :func:`~spinseg.fast_inference.prepare_inference_model`: batch norm folded,\n   channels-last; every slice is run, so the probabilities equal the plain path's within float rounding),\n4. its probabilities resampled (trilinear) back onto the INPUT's grid and thresholded there,\n\nso the mask has exactly the input's shape, affine and spatial header and overlays the scan in any\nviewer. No registration is done: a scan that is not in MNI space is still processed (resampled in\nworld coordinates) but a one-line warning says that the models were trained on registered data.\n\nPer scan ``<name>`` the output folder gets ``<name>_lesion_mask.nii.gz`` (uint8 0/1),\n``<name>_report.json``, ``<name>_qc.png`` and, with ``--save_probability``,\n``<name>_lesion_prob.nii.gz`` (float32). All of a scan's files are written to temporary files and\nrenamed only once all of them are complete: a scan that fails leaves nothing. A scan that fails\nprints one line and the others go on; the exit code is then 2.\n\nThe QC montage shows the INPUT grid (the scan and the mask as written, only re-ordered/flipped\nto the closest RAS orientation so that anterior is up; no interpolation), axial slices holding\nlesions, prediction in red. Anisotropic voxels appear stretched."
 
@@ -20,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m spinseg.predict", description=DESCRIPTION.split("\n\n")[0])
     parser.add_argument("--model", default="spin", help="registry name of the network (spin, unet, dunet, ...)")
     parser.add_argument("--checkpoint", required=True, help="ours (.pth/.safetensors) or the release's .pth")
-    parser.add_argument("--input", nargs="+", required=True, help="T1 NIfTI files (.nii/.nii.gz) or folders of them")
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="T1 NIfTI files (.nii/.nii.gz), folders searched recursively, or BIDS datasets")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--model_config", default="", help="JSON object or JSON file of model constructor arguments")
     parser.add_argument("--n_chunk", type=int, default=None, help="stacked slices (default: the model's input width)")
@@ -32,6 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the model as loaded, not the prepared one (batch norm folded, channels-last)")
     parser.add_argument("--save_probability", action="store_true", help="also write <name>_lesion_prob.nii.gz")
     parser.add_argument("--threshold", type=float, default=0.5, help="mask = probability > threshold")
+    # --- issue 14 ---
+    parser.add_argument("--register", action="store_true",
+                        help="affinely register each scan to MNI152 2009 (SimpleITK), segment there, bring the mask back "
+                             "to the scan's grid; saves <name>_to_mni.tfm (default: off, the scan is only resampled)")
+    parser.add_argument("--intensity", choices=INTENSITY_MODES, default=None,
+                        help="check: warn when brain intensities are far from the training data's; standardize: rescale "
+                             "them to it (default: standardize with --register, else check)")
+    parser.add_argument("--save_mni", action="store_true", help="with --register, also write the MNI-space mask and probabilities")
+    parser.add_argument("--pattern", default="*.nii*", help="file-name pattern of scans inside non-BIDS folders (default: *.nii*)")
+    parser.add_argument("--qc_lesions", type=int, default=6, help="zoomed crops of the largest lesions in the QC picture (default: 6)")
     return parser
 
 
@@ -48,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(arguments.output)
     if output_dir.exists() and not output_dir.is_dir():
         raise fail(output_dir, "--output exists and is not a folder")
-    inputs = collect_inputs(arguments.input)
+    if arguments.save_mni and not arguments.register:
+        raise UserInputError("--save_mni needs --register (without it the scan is assumed to be in MNI space already)")
+    jobs = collect_jobs(arguments.input, output_dir, arguments.pattern)
 
     from spinseg.acceleration.allocator import tune_glibc_malloc
     from spinseg.training.runtime import select_device
@@ -65,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         from spinseg.acceleration.inference import prepare_inference_model
 
         model = prepare_inference_model(model)
-    errors = run_predict(
-        model, inputs, output_dir, n_chunk, default_normalization(arguments.model), arguments.threshold,
-        arguments.batch_size, device, arguments.test_time_flip, arguments.amp, arguments.save_probability,
-        report_extra={"model": arguments.model, "checkpoint": str(arguments.checkpoint)},
+    settings = PredictSettings(
+        n_chunk, default_normalization(arguments.model), arguments.threshold, arguments.batch_size, device,
+        arguments.test_time_flip, arguments.amp, arguments.register, arguments.intensity, arguments.save_probability,
+        arguments.save_mni, arguments.qc_lesions,
     )
-    return 2 if errors else 0
+    rows = run_study(model, jobs, output_dir, settings,
+                     report_extra={"model": arguments.model, "checkpoint": str(arguments.checkpoint)})
+    return 2 if any(row["status"] == "failed" for row in rows) else 0
 
 
 if __name__ == "__main__":
