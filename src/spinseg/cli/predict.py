@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(arguments.output)
     if output_dir.exists() and not output_dir.is_dir():
         raise fail(output_dir, "--output exists and is not a folder")
+    if arguments.register and importlib.util.find_spec("SimpleITK") is None:
+        raise UserInputError("--register needs SimpleITK: pip install 'spinseg[register]' (or pip install SimpleITK)")
     if arguments.save_mni and not arguments.register:
         raise UserInputError("--save_mni needs --register (without it the scan is assumed to be in MNI space already)")
     jobs = collect_jobs(arguments.input, output_dir, arguments.pattern)

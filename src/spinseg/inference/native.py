@@ -96,10 +96,10 @@ def predict_native(model, image: nib.Nifti1Image, settings: PredictSettings, nam
         return _predict_registered(model, image, settings, name, template, warn)
     data = scan_data(image, name)
     grid = Grid(data.shape, np.asarray(image.affine, dtype=float))
-    head, brain = registration.template_volumes(template)
+    head, brain = registration.template_volumes(registration.working_grid(template))
     on_template = data if grid.matches(template) else resample_linear(data, grid.affine, template)
-    _, checked = intensity.apply_intensity_policy(on_template, brain, head, settings.normalization,
-                                                  settings.intensity_mode, name)
+    _, checked = intensity.apply_intensity_policy(registration.on_working_grid(on_template, template), brain, head,
+                                                  settings.normalization, settings.intensity_mode, name)
     if checked.warning and warn is not None:
         warn(checked.warning)
     if checked.scale != 1.0:
@@ -120,10 +120,12 @@ def _predict_registered(model, image, settings: PredictSettings, name, template:
     data = scan_data(image, name)
     grid = Grid(data.shape, np.asarray(image.affine, dtype=float))
     result = registration.register_to_template(data, grid.affine, template, name)
-    head, brain = registration.template_volumes(template)
+    head, brain = registration.template_volumes(registration.working_grid(template))
     on_template = registration.to_template(data, grid.affine, result, template)
-    on_template, checked = intensity.apply_intensity_policy(on_template, brain, head, settings.normalization,
-                                                            settings.intensity_mode, name)
+    # The statistics come from the working grid's points (every 2nd voxel at 1 mm); the scale applies to all.
+    _, checked = intensity.apply_intensity_policy(registration.on_working_grid(on_template, template), brain, head,
+                                                  settings.normalization, settings.intensity_mode, name)
+    on_template = (on_template * np.float32(checked.scale)).astype(np.float32)
     if checked.warning and warn is not None:
         warn(checked.warning)
     template_probabilities, both_minimum = segment_template(model, on_template, settings)
