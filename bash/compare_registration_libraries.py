@@ -21,11 +21,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from native_scans import moved_head_box, mean_displacement_mm, native_grid, random_affine, sample_on_grid  # noqa: E402
+from native_scans import (
+    mean_displacement_mm,
+    moved_head_box,
+    native_grid,
+    random_affine,
+    sample_on_grid,
+)
 
-from spinseg.datasets.synthetic import generate_subject  # noqa: E402
-from spinseg.inference import registration  # noqa: E402
-from spinseg.inference.scan import template_grid  # noqa: E402
+from spinseg.datasets.synthetic import generate_subject
+from spinseg.inference import registration
+from spinseg.inference.scan import template_grid
 
 
 def ants_image(volume, affine):

@@ -17,10 +17,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
-import spinseg.cli.predict as predict_cli
 import test_predict_native as native_test
 from native_scans import moved_head_box, native_grid, random_affine, sample_on_grid
+
+import spinseg.cli.predict as predict_cli
 from spinseg.datasets.synthetic import generate_subject, load_head_model
 from spinseg.inference import scan
 

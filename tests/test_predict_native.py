@@ -21,9 +21,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from native_scans import (
+    mean_displacement_mm,
+    moved_head_box,
+    native_grid,
+    random_affine,
+    sample_on_grid,
+)
 
 import spinseg.cli.predict as predict_cli
-from native_scans import mean_displacement_mm, moved_head_box, native_grid, random_affine, sample_on_grid
 from spinseg.data.transforms import Normalization
 from spinseg.datasets.synthetic import generate_subject, load_head_model
 from spinseg.inference import registration, scan
@@ -177,7 +183,7 @@ def test_intensities_x12_give_the_same_mask_when_registered(registered):
 
 
 def test_lesion_csv_and_summary_csv(registered):
-    study, output, _ = registered
+    _, output, _ = registered
     rows = read_csv(output / "sagittal_lesions.csv")
     assert len(rows) >= 2
     assert [int(row["lesion_id"]) for row in rows] == list(range(1, len(rows) + 1))

@@ -7,13 +7,12 @@ import sys
 from pathlib import Path
 
 from spinseg.errors import UserInputError, cli_entry, fail
+from spinseg.inference.intensity import INTENSITY_MODES
+from spinseg.inference.native import PredictSettings
 from spinseg.inference.scan import (
     default_normalization,
     load_predict_model,
 )
-# issue 14: registration, intensity safety, lesion report and whole studies
-from spinseg.inference.intensity import INTENSITY_MODES
-from spinseg.inference.native import PredictSettings
 from spinseg.inference.study import collect_jobs, run_study
 
 DESCRIPTION = "Segment your own T1 scans: ``python -m spinseg.predict --model spin --checkpoint CKPT --input scan.nii.gz --output OUT``.\n\nThe models were trained on ATLAS R1.2: T1 volumes registered to MNI152 2009 (197 x 233 x 189\nvoxels of 1 mm, the template's affine), sliced along the last axis. Each input scan is therefore\n\n1. read with nibabel (any 3-D NIfTI; a 4-D one whose last dimension is 1 is squeezed and the\n   outputs keep its (X, Y, Z, 1) shape),\n2. resampled (trilinear, in world coordinates, which also handles orientation and axis order)\n   onto the MNI template grid -- skipped when it is already on it,\n3. segmented slice by slice with the 2.5-D model (:func:`spinseg.fast_inference.predict_volume_fast`\n   over a model from :func:`~spinseg.fast_inference.prepare_inference_model`: batch norm folded,\n   channels-last; every slice is run, so the probabilities equal the plain path's within float rounding),\n4. its probabilities resampled (trilinear) back onto the INPUT's grid and thresholded there,\n\nso the mask has exactly the input's shape, affine and spatial header and overlays the scan in any\nviewer. No registration is done: a scan that is not in MNI space is still processed (resampled in\nworld coordinates) but a one-line warning says that the models were trained on registered data.\n\nPer scan ``<name>`` the output folder gets ``<name>_lesion_mask.nii.gz`` (uint8 0/1),\n``<name>_report.json``, ``<name>_qc.png`` and, with ``--save_probability``,\n``<name>_lesion_prob.nii.gz`` (float32). All of a scan's files are written to temporary files and\nrenamed only once all of them are complete: a scan that fails leaves nothing. A scan that fails\nprints one line and the others go on; the exit code is then 2.\n\nThe QC montage shows the INPUT grid (the scan and the mask as written, only re-ordered/flipped\nto the closest RAS orientation so that anterior is up; no interpolation), axial slices holding\nlesions, prediction in red. Anisotropic voxels appear stretched."

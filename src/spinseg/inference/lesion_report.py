@@ -9,7 +9,7 @@ flipped) put above the threshold on their own -- so small candidates can be rank
 from __future__ import annotations
 
 import csv
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage

@@ -21,12 +21,12 @@ from spinseg.inference import intensity, registration, scan
 from spinseg.inference.lesion_report import lesion_table
 from spinseg.inference.scan import (
     Grid,
+    input_geometry,
     lesion_statistics,
     output_image,
     predict_scan,
     resample_linear,
     scan_data,
-    voxel_sizes,
 )
 
 
@@ -136,11 +136,7 @@ def _predict_registered(model, image, settings: PredictSettings, name, template:
     if both_minimum is not None:
         both_passes = registration.from_template(both_minimum, template, result, data.shape, grid.affine) > settings.threshold
     report = {
-        "input_shape": [int(n) for n in image.shape],
-        "input_affine": np.round(grid.affine, 6).tolist(),
-        "input_voxel_size_mm": [round(float(size), 6) for size in voxel_sizes(grid.affine)],
-        "image_voxel_count": int(mask.size),
-        "template_shape": list(template.shape),
+        **input_geometry(image, grid, template),
         "registered": True,
         "registration": result.summary(),
         "intensity": checked.summary(),

@@ -167,7 +167,7 @@ def _stage(fixed, moving, mask, transform, iterations: int, config: Registration
     # whether the parameter is a translation, an angle or a matrix entry.
     method.SetOptimizerScalesFromPhysicalShift()
     template_voxel_mm = float(np.min(fixed.GetSpacing()))
-    method.SetShrinkFactorsPerLevel([max(1, int(round(level / template_voxel_mm))) for level in config.level_mm])
+    method.SetShrinkFactorsPerLevel([max(1, round(level / template_voxel_mm)) for level in config.level_mm])
     method.SetSmoothingSigmasPerLevel(list(config.smoothing_mm))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(transform, inPlace=True)
@@ -242,7 +242,7 @@ def block_average(image):
     """SimpleITK image -> block averages of whole factors of voxels, to about ``WORKING_MM`` voxels (anti-aliased)."""
     import SimpleITK as sitk
 
-    factors = [max(1, int(round(WORKING_MM / spacing))) for spacing in image.GetSpacing()]
+    factors = [max(1, round(WORKING_MM / spacing)) for spacing in image.GetSpacing()]
     return sitk.BinShrink(image, factors) if max(factors) > 1 else image
 
 

@@ -331,11 +331,7 @@ def predict_scan(
     probabilities = np.clip(probabilities, 0.0, 1.0).astype(np.float32)
     mask = (probabilities > threshold).astype(np.uint8)
     report = {
-        "input_shape": [int(n) for n in image.shape],
-        "input_affine": np.round(grid.affine, 6).tolist(),
-        "input_voxel_size_mm": [round(float(size), 6) for size in voxel_sizes(grid.affine)],
-        "image_voxel_count": int(mask.size),
-        "template_shape": list(template.shape),
+        **input_geometry(image, grid, template),
         "resampled_to_template": not on_template,
         "mni_warning": bool(reasons),
         "mni_warning_reasons": reasons,
@@ -347,6 +343,17 @@ def predict_scan(
     mask_image = output_image(mask.reshape(image.shape), image, "spinseg lesion mask")
     prob_image = output_image(probabilities.reshape(image.shape), image, "spinseg lesion probability")
     return mask_image, prob_image, report
+
+
+def input_geometry(image: nib.Nifti1Image, grid: Grid, template: Grid) -> dict:
+    """The report's description of the input grid and the template it was segmented on."""
+    return {
+        "input_shape": [int(n) for n in image.shape],
+        "input_affine": np.round(grid.affine, 6).tolist(),
+        "input_voxel_size_mm": [round(float(size), 6) for size in voxel_sizes(grid.affine)],
+        "image_voxel_count": int(np.prod(image.shape)),
+        "template_shape": list(template.shape),
+    }
 
 
 def save_qc_montage(image: nib.Nifti1Image, mask_image: nib.Nifti1Image, path, title: str = "", count: int = 12) -> Path:

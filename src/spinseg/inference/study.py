@@ -211,7 +211,7 @@ def run_study(model, jobs: list[ScanJob], output_dir: Path, settings: PredictSet
     for job in tqdm(jobs, desc="predict", unit="scan", disable=None):
         warnings: list[str] = []
 
-        def record(message: str) -> None:
+        def record(message: str, warnings: list[str] = warnings) -> None:
             warnings.append(message)
             warn_line(message)
 
