@@ -39,7 +39,8 @@ def main() -> int:
     nib.save(nib.Nifti1Image(sample_on_grid(mni, grid.affine, moving, shape, affine) * 12, affine), work / "native_sagittal.nii.gz")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(predict_cli, "load_predict_model",
-                      lambda *args: (native_test.BrightThresholdModel(native_test.THRESHOLD_LEVEL * head.scale), 5))
+                      lambda *args: (native_test.BrightThresholdModel(native_test.THRESHOLD_LEVEL * head.scale),
+                                     native_test.double_preprocessing()))
         (work / "unused.pth").write_bytes(b"")
         status = predict_cli.main(["--checkpoint", str(work / "unused.pth"), "--input", str(work / "native_sagittal.nii.gz"),
                                    "--output", str(work / "out"), "--register", "--device", "cpu", "--plain_inference"])

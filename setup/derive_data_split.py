@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from spinseg.data.splits import write_split  # noqa: E402
+from spinseg.datasets.splits import write_split  # noqa: E402
 from spinseg.errors import UserInputError, cli_entry, fail  # noqa: E402
-from spinseg.fileio import read_lines  # noqa: E402
+from spinseg.io.files import read_lines  # noqa: E402
 
 SCAN_PATTERN = re.compile(r"(c\d{4})/(c\d{4}s\d{4}t\d{2})/\2_t1w_stx\.npy")
 TRUTH_PATTERN = re.compile(r"(c\d{4})/(c\d{4}s\d{4}t\d{2})/\2_LesionSmooth_stx\.npy")

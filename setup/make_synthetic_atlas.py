@@ -7,7 +7,7 @@ Writes ``<output_dir>/c00NN/c00NNs00MMt01/c00NNs00MMt01_{t1w,LesionSmooth}_stx.n
 mask split in two files), ``<output_dir>/data_split/traintest/{train,test}_subjects.txt`` (and
 ``<K>fold/fold_k/`` with --n_folds K) and ``synthetic_summary.json``. With --format bids the ATLAS v2.0
 layout ``<output_dir>/Training/R001/sub-r001sNNN/ses-1/anat/...`` instead (no data_split).
-See spinseg.data.synthetic for how subjects are made.
+See spinseg.datasets.synthetic for how subjects are made.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 
 Scans are stored float32, ground truths uint8 (OR of the subject's masks). Re-running skips subjects whose
 outputs are newer than their inputs. Problems with the input stop the run with one line and exit code 2.
-See spinseg.data.setup_atlas for the layouts.
+See spinseg.datasets.setup_atlas for the layouts.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from spinseg.data.setup_atlas import setup_main  # noqa: E402
+from spinseg.datasets.setup_atlas import setup_main  # noqa: E402
 from spinseg.errors import cli_entry  # noqa: E402
 
 main = cli_entry(setup_main)

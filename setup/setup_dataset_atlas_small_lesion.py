@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from spinseg.data.setup_atlas import small_lesion_main  # noqa: E402
+from spinseg.datasets.setup_atlas import small_lesion_main  # noqa: E402
 from spinseg.errors import cli_entry  # noqa: E402
 
 main = cli_entry(small_lesion_main)

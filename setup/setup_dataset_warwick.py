@@ -7,7 +7,7 @@
 Images are stored float32 (H, W, 3) with raw 0-255 values, masks uint8 {0, 1} (instance labels > 0).
 Prints and writes (<output_dir>/statistics.json) the per-channel means/stds of the training images.
 Problems with the input stop the run with one line and exit code 2, before anything is written.
-See spinseg.data.glas for the layouts.
+See spinseg.datasets.glas for the layouts.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from spinseg.data.glas import setup_main  # noqa: E402
+from spinseg.datasets.glas import setup_main  # noqa: E402
 from spinseg.errors import cli_entry  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Run under torchrun by tests/test_distributed.py: the trainer's DDP steps, then every rank saves its weights.
 
-``spinseg.engine.trainer.train`` saves on rank 0 only and returns no model, so this script rebuilds
+``spinseg.training.trainer.train`` saves on rank 0 only and returns no model, so this script rebuilds
 what it builds (same helpers, same seed, model, optimizer, dataset, sampler and loop body) and,
 after ``--max_steps`` steps, writes ``rank<r>.pt`` (the model's state dict) per rank and
 ``gathered.pt`` on rank 0 (every rank's flattened weights, collected with ``all_gather``).

@@ -101,6 +101,10 @@ class Workspace:
             "--device", "cpu", "--output_path", str(self.path(f"eval_{name}")), *extra,
         ]
 
+    def score(self, name: str, pred: Path, gt: Path, *extra: str) -> list[str]:
+        """A ``spinseg.score`` command of two mask folders; ``extra`` flags override."""
+        return ["-m", "spinseg.score", "--pred", str(pred), "--gt", str(gt), "--output", str(self.path(f"score_{name}")), *extra]
+
 
 @dataclass
 class Case:
@@ -134,6 +138,36 @@ def bare_unet_state_dict(workspace: Workspace) -> str:
 
     path = workspace.path("unet_state_dict.pth")
     torch.save(build_model("unet", input_channels=5, n_filters_encoder_segmentation=[4, 4, 4, 4, 4], n_filters_decoder_segmentation=[4, 4, 4, 4]).state_dict(), path)
+    return str(path)
+
+
+
+def keras_weights_case(workspace: Workspace, kind: str) -> str:
+    """A Keras weights file that cannot be loaded as X-Net: another model's, truncated, or missing a layer."""
+    import shutil
+
+    import h5py
+
+    source = TESTS / "fixtures" / "xnet_small_weights.h5"
+    path = workspace.path(f"keras_{kind}.h5")
+    if kind == "other_model":
+        shutil.copy(TESTS / "fixtures" / "clcinet_small_weights.h5", path)
+    elif kind == "truncated":
+        path.write_bytes(source.read_bytes()[:100_000])
+    else:  # the file without its fifth layer (a 1x1 convolution), as if a layer had been cut out
+        shutil.copy(source, path)
+        with h5py.File(path, "r+") as handle:
+            names = list(handle.attrs["layer_names"])
+            handle.attrs["layer_names"] = np.array(names[:4] + names[5:])
+    return str(path)
+
+
+def other_width_kiunet_state_dict(workspace: Workspace) -> str:
+    """The release's KiU-Net state dict with its first encoder convolution 24 channels wide instead of 16."""
+    state = torch.load(TESTS / "fixtures" / "kiunet_release_state_dict.pth", map_location="cpu", weights_only=True)
+    state["encoder1.weight"] = torch.zeros(24, 1, 3, 3)
+    path = workspace.path("kiunet_other_width.pth")
+    torch.save(state, path)
     return str(path)
 
 
@@ -174,6 +208,51 @@ def predict(workspace: Workspace, name: str, inputs: str, *extra: str) -> list[s
 
 NOISE_HEAD = np.random.default_rng(14).uniform(0, 100, (64, 64, 64))  # 3 mm voxels: a head-sized box of noise
 SLAB = np.random.default_rng(15).uniform(0, 100, (180, 200, 12))  # 12 slices of 1 mm: misses most of any brain
+
+
+def mask_folders(workspace: Workspace, name: str, prediction: np.ndarray | str | None = None,
+                 prediction_affine: np.ndarray | None = None) -> tuple[Path, Path]:
+    """Folders ``<name>_pred`` and ``<name>_gt`` with NIfTI masks of subjects a and b; subject a's prediction
+    is replaced by ``prediction`` (an array, or text written under a NIfTI name; None: left out entirely)."""
+    import nibabel
+
+    pred, gt = workspace.path(f"{name}_pred"), workspace.path(f"{name}_gt")
+    pred.mkdir()
+    gt.mkdir()
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[4:8, 5:9, 2:5] = 1
+    for subject in ("a", "b"):
+        nibabel.save(nibabel.Nifti1Image(mask, np.eye(4)), gt / f"{subject}.nii.gz")
+        nibabel.save(nibabel.Nifti1Image(mask, np.eye(4)), pred / f"{subject}.nii.gz")
+    if isinstance(prediction, str):
+        (pred / "a.nii.gz").write_text(prediction)
+    elif prediction is not None:
+        nibabel.save(nibabel.Nifti1Image(prediction, np.eye(4) if prediction_affine is None else prediction_affine), pred / "a.nii.gz")
+    else:
+        for path in pred.iterdir():
+            path.unlink()
+    return pred, gt
+
+
+def nan_mask() -> np.ndarray:
+    mask = np.zeros(SHAPE, np.float32)
+    mask[1, 2, 3] = np.nan
+    return mask
+
+def our_spin_checkpoint(workspace: Workspace) -> str:
+    """One of our checkpoints of the small SPiN (5 slices, ATLAS normalisation recorded)."""
+    from spinseg.checkpoint import save_checkpoint
+    from spinseg.models import build_model
+    from spinseg.models.model_config import parse_model_config
+    from spinseg.recipes.config import TrainConfig
+    from spinseg.recipes.preprocessing import preprocessing_record
+
+    path = workspace.path("ours_spin.pth")
+    model = build_model("spin", **{**parse_model_config(SMALL_SPIN_CONFIG), "input_channels": 5})
+    model.preprocessing = preprocessing_record(TrainConfig())
+    save_checkpoint(path, model)
+    return str(path)
+
 
 STRING_VOLUME = np.full(SHAPE, "abc")
 COMPLEX_VOLUME = np.zeros(SHAPE, np.complex64)
@@ -227,9 +306,47 @@ CASES = [
          lambda w: w.evaluate("shape", *shape_mismatch_lists(w, "eval_shape", second=False)), ("eval_shape_mask.npy", "(24, 28, 9)")),
     Case("evaluate_unknown_model", "evaluate: unknown model name",
          lambda w: w.evaluate("model", None, None, "--model_name", "resnet"), ("resnet",), tested=False),
+    Case("score_different_grids", "score: a prediction on another grid (shape) than its ground truth",
+         lambda w: w.score("grid", *mask_folders(w, "grid", np.zeros(SHAPE[:2] + (SHAPE[2] + 1,), np.uint8))),
+         ("grid_pred/a.nii.gz", "(24, 28, 11)", "(24, 28, 10)", "grid_gt/a.nii.gz")),
+    Case("score_different_affines", "score: same shape, different voxel size (affine) than the ground truth",
+         lambda w: w.score("affine", *mask_folders(w, "affine", np.zeros(SHAPE, np.uint8), np.diag([1.0, 1.0, 2.0, 1.0]))),
+         ("affine_pred/a.nii.gz", "affine differs", "affine_gt/a.nii.gz"), tested=False),
+    Case("score_not_nifti", "score: a text file named .nii.gz",
+         lambda w: w.score("text", *mask_folders(w, "text", "not an image")), ("text_pred/a.nii.gz", "not a readable NIfTI")),
+    Case("score_nan_mask", "score: NaN in a mask",
+         lambda w: w.score("nan", *mask_folders(w, "nan", nan_mask())), ("nan_pred/a.nii.gz", "1 voxels are NaN")),
+    Case("score_empty_folder", "score: an empty prediction folder",
+         lambda w: w.score("empty", *mask_folders(w, "empty", None)), ("empty_pred", "--pred", "no .nii or .nii.gz files")),
+    Case("score_label_map", "score: a label map (values 0, 1, 2) without --label",
+         lambda w: w.score("labels", *mask_folders(w, "labels", np.arange(np.prod(SHAPE)).reshape(SHAPE).astype(np.uint8) % 3)),
+         ("labels_pred/a.nii.gz", "label map", "--label N"), tested=False),
+    Case("evaluate_model_conflict", "evaluate: --model unet with a checkpoint of SPiN",
+         lambda w: w.evaluate("conflict", None, None, "--restore_path", our_spin_checkpoint(w), "--model", "unet"),
+         ("ours_spin.pth", "checkpoint of model 'spin'", "--model 'unet'")),
+    Case("evaluate_n_chunk_conflict", "evaluate: --n_chunk other than the checkpoint's",
+         lambda w: w.evaluate("chunk", None, None, "--restore_path", our_spin_checkpoint(w), "--n_chunk", "3"),
+         ("ours_spin.pth", "5 stacked slices", "--n_chunk 3"), tested=False),
+    Case("train_unknown_recipe", "--recipe that is not named",
+         lambda w: w.train("recipe", None, None, "--recipe", "vnet"), ("--recipe", "vnet", "spin_synthetic_cpu")),
+    Case("train_missing_statistics", "--recipe spin_glas whose statistics.json is missing",
+         lambda w: w.train("statistics", None, None, "--recipe", "spin_glas", "--dataset_statistics", str(w.path("none.json"))),
+         ("none.json", "not found", "spin_glas")),
     Case("evaluate_other_architecture", "evaluate: release checkpoint of another configuration (paper-size SPiN expected)",
          lambda w: w.evaluate("arch", None, None, "--model_config", ""),
          ("spin_small_original_format.pth", "shape", "!=")),
+    Case("evaluate_keras_other_model", "evaluate: Keras weights of another model (CLCI-Net's given as X-Net)",
+         lambda w: w.evaluate("keras_other", None, None, "--model_config", "", "--model_name", "xnet",
+                              "--restore_path", keras_weights_case(w, "other_model")), ("keras_other_model.h5", "not the Keras weights of 'xnet'")),
+    Case("evaluate_keras_truncated", "evaluate: truncated Keras .h5",
+         lambda w: w.evaluate("keras_truncated", None, None, "--model_config", "", "--model_name", "xnet",
+                              "--restore_path", keras_weights_case(w, "truncated")), ("keras_truncated.h5", "not a readable Keras weights file")),
+    Case("evaluate_keras_missing_layer", "evaluate: Keras .h5 with a layer missing",
+         lambda w: w.evaluate("keras_missing", None, None, "--model_config", "", "--model_name", "xnet", "--n_chunk", "1",
+                              "--restore_path", keras_weights_case(w, "missing_layer")), ("keras_missing_layer.h5", "does not fit 'xnet'", "batch_normalization_3")),
+    Case("evaluate_kiunet_other_width", "evaluate: the release's KiU-Net state dict with a layer of another width",
+         lambda w: w.evaluate("kiunet_width", None, None, "--model_config", "", "--model_name", "kiunet",
+                              "--restore_path", other_width_kiunet_state_dict(w)), ("kiunet_other_width.pth", "unet_encoder.0.conv.weight", "!=")),
 ]
 
 
@@ -280,6 +397,7 @@ def test_bad_input_gets_one_line_and_exit_code_2(case, case_results):
     assert not [path for path in root.glob("run_*") if path.is_dir()]
     assert not [path for path in root.glob("eval_*") if path.is_dir()]
     assert not [path for path in root.glob("pred_*/**/*") if path.suffix in (".gz", ".png", ".tfm", ".json")]
+    assert not [path for path in root.glob("score_*") if path.is_dir()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +475,7 @@ def write_doc(output: Path) -> None:
         "# Bad input and the messages it gets",
         "",
         "Each row was produced by running the command: `python tests/test_bad_inputs.py docs/bad_inputs.md`",
-        "regenerates this file (`tests/test_bad_inputs.py` checks the `spinseg.train`/`spinseg.evaluate` rows,",
+        "regenerates this file (`tests/test_bad_inputs.py` checks the `spinseg.train`/`evaluate`/`score` rows,",
         "`tests/test_setup_atlas.py` the raw-ATLAS ones). `$DIR` stands for the scratch folder the inputs were",
         "written to. Each message is one line on stderr, with exit code 2, and the check comes before anything",
         "is written.",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from spinseg.cli.download import main as download_main
 from spinseg.inference import pretrained as download
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -78,7 +79,7 @@ def test_zip_install_checks_and_installs(tmp_path, capsys):
     output = tmp_path / "models"
     output.mkdir()
     (output / "README.md").write_text("keep me\n")
-    assert download.main(["--zip_path", str(zip_path), "--output_dir", str(output), *check_config_flags()]) == 0
+    assert download_main(["--zip_path", str(zip_path), "--output_dir", str(output), *check_config_flags()]) == 0
     printed = capsys.readouterr().out
     assert "spin/spin_atlas_traintest.pth: loads safely as 'spin' with --check_config config" in printed
     assert "u-net/unet_atlas_extra.pth: optional, reads safely" in printed
@@ -87,7 +88,7 @@ def test_zip_install_checks_and_installs(tmp_path, capsys):
     assert (output / "README.md").read_text() == "keep me\n"
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
     # Installing again replaces the folders in place.
-    assert download.main(["--zip_path", str(zip_path), "--output_dir", str(output), *check_config_flags()]) == 0
+    assert download_main(["--zip_path", str(zip_path), "--output_dir", str(output), *check_config_flags()]) == 0
     assert sorted(path.name for path in output.iterdir()) == ["README.md", "spin", "u-net"]
 
 
@@ -105,7 +106,7 @@ def test_bad_zip_is_one_line_exit_2_and_installs_nothing(tmp_path, capsys, case)
     output = tmp_path / "models"
     flags = ["--check_config", f"unet={json.dumps(SMALL_UNET_CONFIG)}"] if case == "wrong_config" else []
     with pytest.raises(SystemExit) as exit_info:
-        download.main(["--zip_path", str(zip_path), "--output_dir", str(output), *flags])
+        download_main(["--zip_path", str(zip_path), "--output_dir", str(output), *flags])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     expected = {"missing_unet": "missing expected file(s): u-net/unet_atlas_traintest.pth",

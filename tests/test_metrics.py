@@ -331,8 +331,9 @@ def test_small_lesion_slices_and_pooled_table3():
 
 
 def test_small_lesion_slices_agree_with_data_module():
-    # spinseg.data.small_lesion selects the same subset for training/evaluation data; both must agree.
-    small_lesion = pytest.importorskip("spinseg.data.small_lesion")
+    # spinseg.datasets.small_lesion selects the same subset for training/evaluation data; both must agree.
+    from spinseg.datasets import small_lesion
+
     rng = np.random.default_rng(0)
     volume = rng.random((40, 40, 30)) > 0.93
     volume[5:20, 5:20, 10:14] = True  # some slices with a large lesion

@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,3 +38,16 @@ def test_unet_release_format_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert loaded(x).shape == (2, 1, 45, 53)
+
+
+def test_unet_reproduces_the_release_forward():
+    """Weights saved by the release's own U-Net code: both outputs match its forward pass."""
+    config = json.loads((FIXTURES / "unet_small_config.json").read_text())["config"]
+    model = load_model(FIXTURES / "unet_small_original_format.pth", "unet", **config)
+    reference = np.load(FIXTURES / "unet_small_io.npz")
+    with torch.no_grad():
+        outputs = model.forward_all(torch.from_numpy(reference["input"]))
+    for key in ("logits_half", "logits"):
+        expected = torch.from_numpy(reference[key])
+        assert outputs[key].shape == expected.shape
+        assert torch.allclose(outputs[key], expected, atol=1e-5, rtol=0), key

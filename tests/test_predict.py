@@ -23,12 +23,17 @@ import torch
 import torch.nn.functional as F
 from nibabel.processing import resample_from_to
 
+from spinseg.cli import predict as predict_cli
+from spinseg.constants import ATLAS_MEAN, ATLAS_STD
+from spinseg.data.transforms import Normalization
 from spinseg.inference import scan as predict
+from spinseg.recipes.preprocessing import Preprocessing, PreprocessingFlags
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL_CHECKPOINT = str(FIXTURES / "spin_small_original_format.pth")
 SMALL_CONFIG = str(FIXTURES / "spin_small_config.json")
 REPO = Path(__file__).resolve().parents[1]
+ATLAS_NORMALIZATION = Normalization("standard", [ATLAS_MEAN], [ATLAS_STD])
 LESION_CENTRE_MM = np.array([-30.0, -20.0, 10.0])  # left hemisphere, deep white matter
 LESION_RADIUS_MM = 6.0
 BRAIN, LESION = 100.0, 20.0  # raw intensities: bright tissue, dark lesion, background 0
@@ -155,7 +160,7 @@ def test_fixture_spin_via_cli_on_mni_resliced_and_shifted_inputs(tmp_path, monke
     nib.save(reslice(float_mni, 6.0), inputs / "resliced.nii")
     output = tmp_path / "out"
 
-    status = predict.main([
+    status = predict_cli.main([
         "--model", "spin", "--checkpoint", SMALL_CHECKPOINT, "--model_config", SMALL_CONFIG,
         "--input", str(inputs), "--output", str(output), "--save_probability", "--device", "cpu", "--batch_size", "24",
     ])
@@ -178,7 +183,7 @@ def test_prepared_model_gives_the_plain_models_probabilities_and_mask(tmp_path, 
     grid = coarse_template()
     volume, _ = ellipsoid_brain(grid.shape, grid.affine, seed=3)
     nib.save(nib.Nifti1Image(volume, grid.affine), tmp_path / "scan.nii.gz")
-    import spinseg.fast_inference as fast_inference
+    import spinseg.acceleration.inference as fast_inference
 
     prepared_models = []
     original_prepare = fast_inference.prepare_inference_model
@@ -186,7 +191,7 @@ def test_prepared_model_gives_the_plain_models_probabilities_and_mask(tmp_path, 
                         lambda model, **kwargs: prepared_models.append(original_prepare(model, **kwargs)) or prepared_models[-1])
     outputs = {}
     for label, extra in (("prepared", []), ("plain", ["--plain_inference"])):
-        status = predict.main(["--model", "spin", "--checkpoint", SMALL_CHECKPOINT, "--model_config", SMALL_CONFIG,
+        status = predict_cli.main(["--model", "spin", "--checkpoint", SMALL_CHECKPOINT, "--model_config", SMALL_CONFIG,
                                "--input", str(tmp_path / "scan.nii.gz"), "--output", str(tmp_path / label),
                                "--save_probability", "--device", "cpu", *extra])
         assert status == 0
@@ -202,8 +207,9 @@ def test_prepared_model_gives_the_plain_models_probabilities_and_mask(tmp_path, 
 def test_planted_lesion_is_found_on_mni_and_resliced_reoriented_grids(tmp_path, monkeypatch):
     from nilearn import datasets
 
-    normalization = predict.default_normalization("spin")
-    monkeypatch.setattr(predict, "load_predict_model", lambda *args: (ThresholdModel(normalization), 5))
+    normalization = ATLAS_NORMALIZATION
+    record = Preprocessing("spin", {}, 5, "standard", list(normalization.means), list(normalization.stddevs))
+    monkeypatch.setattr(predict_cli, "load_predict_model", lambda *args: (ThresholdModel(normalization), record))
     grid = predict.template_grid()
     brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).dataobj) > 0
     world = world_coordinates(grid.shape, grid.affine)
@@ -217,7 +223,7 @@ def test_planted_lesion_is_found_on_mni_and_resliced_reoriented_grids(tmp_path, 
     for name, (image, _) in inputs.items():
         nib.save(image, tmp_path / f"{name}.nii.gz")
     output = tmp_path / "out"
-    status = predict.main([
+    status = predict_cli.main([
         "--checkpoint", SMALL_CHECKPOINT, "--input", str(tmp_path / "mni.nii.gz"), str(tmp_path / "resliced.nii.gz"),
         "--output", str(output), "--batch_size", "64",
     ])
@@ -238,8 +244,8 @@ def test_squeezed_4d_keeps_its_shape_shifted_scan_warns_and_a_failed_write_leave
     volume, lesion = ellipsoid_brain(grid.shape, grid.affine)
     image = nib.Nifti1Image(volume[..., None], grid.affine)
     nib.save(image, tmp_path / "four_d_1.nii.gz")
-    model = ThresholdModel(predict.default_normalization("spin"))
-    errors = predict.run_predict(model, [tmp_path / "four_d_1.nii.gz"], tmp_path / "out", 5, predict.default_normalization("spin"))
+    model = ThresholdModel(ATLAS_NORMALIZATION)
+    errors = predict.run_predict(model, [tmp_path / "four_d_1.nii.gz"], tmp_path / "out", 5, ATLAS_NORMALIZATION)
     assert errors == []
     mask = nib.load(tmp_path / "out" / "four_d_1_lesion_mask.nii.gz")
     assert mask.shape == image.shape
@@ -248,7 +254,7 @@ def test_squeezed_4d_keeps_its_shape_shifted_scan_warns_and_a_failed_write_leave
 
     # 60 mm off the template: still processed, with one warning line and the flag in the report.
     nib.save(reslice(nib.Nifti1Image(volume, grid.affine), 4.0, shift_mm=(60.0, 0.0, 0.0)), tmp_path / "shifted.nii.gz")
-    errors = predict.run_predict(model, [tmp_path / "shifted.nii.gz"], tmp_path / "out", 5, predict.default_normalization("spin"))
+    errors = predict.run_predict(model, [tmp_path / "shifted.nii.gz"], tmp_path / "out", 5, ATLAS_NORMALIZATION)
     warnings = capsys.readouterr().err.strip().splitlines()
     assert errors == [] and len(warnings) == 1 and warnings[0].startswith("warning: ") and "shifted" in warnings[0]
     report = json.loads((tmp_path / "out" / "shifted_report.json").read_text())
@@ -259,7 +265,7 @@ def test_squeezed_4d_keeps_its_shape_shifted_scan_warns_and_a_failed_write_leave
         raise predict.UserInputError("qc.png: disk full")
 
     monkeypatch.setattr(predict, "save_qc_montage", broken_montage)
-    errors = predict.run_predict(model, [tmp_path / "four_d_1.nii.gz"], tmp_path / "again", 5, predict.default_normalization("spin"))
+    errors = predict.run_predict(model, [tmp_path / "four_d_1.nii.gz"], tmp_path / "again", 5, ATLAS_NORMALIZATION)
     assert errors == ["qc.png: disk full"]
     assert list((tmp_path / "again").iterdir()) == []
 
@@ -270,10 +276,12 @@ def test_release_unet_checkpoint_defaults_to_one_slice(tmp_path):
     config = {"n_filters_encoder_segmentation": [4, 4, 8, 8, 8], "n_filters_decoder_segmentation": [8, 8, 4, 4]}
     unet = build_model("unet", **config)
     torch.save({**unet.release_state_dicts(), "train_step": 10}, tmp_path / "unet_atlas_traintest.pth")
-    model, n_chunk = predict.load_predict_model("unet", str(tmp_path / "unet_atlas_traintest.pth"), config, None)
-    assert n_chunk == 1 and model.in_channels == 1
+    model, preprocessing = predict.load_predict_model(str(tmp_path / "unet_atlas_traintest.pth"), PreprocessingFlags("unet", config))
+    assert preprocessing.n_chunk == 1 and model.in_channels == 1
+    # The authors' checkpoints record nothing: the U-Net recipe's normalisation, not a guess from elsewhere.
+    assert preprocessing.dataset_means == [ATLAS_MEAN] and preprocessing.source == "recipe unet"
     with pytest.raises(predict.UserInputError, match="checkpoint of another model|does not fit"):
-        predict.load_predict_model("spin", str(tmp_path / "unet_atlas_traintest.pth"), {}, None)
+        predict.load_predict_model(str(tmp_path / "unet_atlas_traintest.pth"), PreprocessingFlags("spin"))
 
 
 def write_bad_scans(folder: Path) -> dict[str, str]:
@@ -346,7 +354,7 @@ def test_fatal_input_errors_are_one_line_exit_2(tmp_path, capsys, case, words):
               "not_nifti_name": tmp_path / "scan.txt"}.get(case, tmp_path / "scan.nii.gz")
     model = "unet" if case == "other_model" else "spin"
     with pytest.raises(SystemExit) as exit_info:
-        predict.main(["--model", model, "--checkpoint", SMALL_CHECKPOINT, "--input", str(inputs), "--output", str(tmp_path / "out")])
+        predict_cli.main(["--model", model, "--checkpoint", SMALL_CHECKPOINT, "--input", str(inputs), "--output", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err.strip().splitlines()
     assert len(stderr) == 1 and words in stderr[0] and stderr[0].startswith("error: ")

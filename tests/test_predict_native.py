@@ -55,6 +55,13 @@ class BrightThresholdModel(torch.nn.Module):
         return 40.0 * (centre - self.threshold)
 
 
+def double_preprocessing():
+    """What a checkpoint of the test double would record: 5 slices, ATLAS normalisation, threshold 0.5."""
+    from spinseg.recipes.preprocessing import Preprocessing
+
+    return Preprocessing("spin", {}, 5, NORMALIZATION.kind, list(NORMALIZATION.means), list(NORMALIZATION.stddevs), 0.5, "test double")
+
+
 def coarse_template() -> scan.Grid:
     """The MNI template box at ~3 mm, on the head model's own corner-aligned grid (no resampling needed)."""
     return scan.Grid(SHAPE, load_head_model(SHAPE).affine)
@@ -109,8 +116,7 @@ class Study:
 def run_cli(study: Study, monkeypatch, *arguments: str) -> int:
     """``spinseg predict`` with the test double and the coarse template."""
     monkeypatch.setattr(scan, "template_grid", coarse_template)
-    monkeypatch.setattr(predict_cli, "load_predict_model", lambda *args: (study.model(), 5))
-    monkeypatch.setattr(predict_cli, "default_normalization", lambda name: NORMALIZATION)
+    monkeypatch.setattr(predict_cli, "load_predict_model", lambda *args: (study.model(), double_preprocessing()))
     checkpoint = study.root / "unused.pth"
     checkpoint.write_bytes(b"")
     return predict_cli.main(["--checkpoint", str(checkpoint), "--device", "cpu", "--plain_inference", *arguments])

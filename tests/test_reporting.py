@@ -1,4 +1,4 @@
-"""Tests of spinseg.reporting on three small synthetic subjects."""
+"""Tests of spinseg.evaluation.reporting on three small synthetic subjects."""
 from __future__ import annotations
 
 import csv

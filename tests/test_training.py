@@ -100,7 +100,7 @@ def test_bf16_autocast_training_learns_and_keeps_fp32_weights(tmp_path, monkeypa
 
     The machine is made to look as if it had no bf16 units, so the trainer must say bf16 is emulated.
     """
-    import spinseg.engine.trainer as trainer
+    import spinseg.training.trainer as trainer
 
     monkeypatch.setattr(trainer, "native_bf16", lambda device: False)
     scans, masks = write_volume_set(tmp_path / "data", 6, seed=1)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Evaluate clcinet on the ATLAS R1.2 test subjects (traintest) with the shared evaluation code.
+# Recipe "clcinet" (src/spinseg/recipes/named.py) gives checkpoints that record no preprocessing theirs; pins GPU 0.
 set -euo pipefail
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 
@@ -9,5 +10,4 @@ python -m spinseg.evaluate \
   --ground_truth_path testing/atlas/traintest/test_ground_truths.txt \
   --restore_path trained_clcinet/atlas/clcinet_traintest/best.pth \
   --output_path outputs/clcinet/atlas_traintest \
-  --device auto \
   "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train clcinet on ATLAS R1.2 (published train/test split) with its recipe in src/spinseg/recipes.py,
+# Train clcinet on ATLAS R1.2 (published train/test split) with its recipe in src/spinseg/recipes/named.py,
 # through the same trainer as SPiN. Extra flags are passed on ("$@") and override the recipe.
 set -euo pipefail
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
@@ -11,5 +11,4 @@ python -m spinseg.train \
   --val_multimodal_scan_paths testing/atlas/traintest/test_scans.txt \
   --val_ground_truth_path testing/atlas/traintest/test_ground_truths.txt \
   --checkpoint_path trained_clcinet/atlas/clcinet_traintest \
-  --device auto \
   "$@"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Evaluate dunet on the ATLAS R1.2 test subjects (small_lesion) with the shared evaluation code.
+# Recipe "dunet" (src/spinseg/recipes/named.py) gives checkpoints that record no preprocessing theirs; pins GPU 0.
 set -euo pipefail
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 
@@ -10,5 +11,4 @@ python -m spinseg.evaluate \
   --small_lesion_slices_path testing/atlas/traintest/small_lesion/test_small_lesion_slices.txt \
   --restore_path trained_dunet/atlas/dunet_traintest/best.pth \
   --output_path outputs/dunet/atlas_small_lesion \
-  --device auto \
   "$@"

@@ -2,29 +2,16 @@
 # Evaluate SPiN on the GLaS (Warwick QU gland segmentation) test images: per-image DSC, IOU, precision and recall, averaged over images,
 # scored against the ground truths at the raw image size (test_original_ground_truths.txt; the same files
 # as test_ground_truths.txt unless the setup resized the images).
-# Normalisation: the training statistics in statistics.json (as the training recipe). Default checkpoint:
-# the best one of bash/spin/train/train_spin_warwick_traintest.sh; override with e.g. --restore_path <path>.
+# Normalisation, model config and threshold: those the checkpoint records (recipe "spin_glas" for
+# checkpoints that record none). Default checkpoint: the best one of
+# bash/spin/train/train_spin_warwick_traintest.sh; override with e.g. --restore_path <path>.
 set -euo pipefail
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 
-STATISTICS=${STATISTICS:-data/warwick_spin/statistics.json}
-if [[ ! -f "$STATISTICS" ]]; then
-  echo "error: $STATISTICS: not found; run python setup/setup_dataset_warwick.py first (or set STATISTICS=...)" >&2
-  exit 2
-fi
-read -r -a MEANS <<< "$(python -c 'import json, sys; print(*json.load(open(sys.argv[1]))["means"])' "$STATISTICS")"
-read -r -a STDDEVS <<< "$(python -c 'import json, sys; print(*json.load(open(sys.argv[1]))["stddevs"])' "$STATISTICS")"
-
 python -m spinseg.evaluate \
+  --recipe spin_glas \
   --multimodal_scan_paths testing/warwick/traintest/test_images.txt \
   --ground_truth_path testing/warwick/traintest/test_original_ground_truths.txt \
-  --model_name spin \
-  --model_config '{"input_channels": 3}' \
   --restore_path trained_spin/warwick/spin_traintest/best.pth \
-  --n_chunk 1 \
-  --dataset_normalization standard \
-  --dataset_means "${MEANS[@]}" \
-  --dataset_stddevs "${STDDEVS[@]}" \
   --output_path outputs/spin/warwick_traintest \
-  --device auto \
   "$@"

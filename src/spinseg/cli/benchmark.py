@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train_repeats", type=int, default=3, help="timed training steps per variant (after one warm-up step)")
     parser.add_argument("--volumes", type=int, default=4, help="synthetic volumes written (data loading uses all, inference the first)")
     parser.add_argument("--n_workers", type=int, default=2, help="DataLoader workers for the data loading comparison")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast in every phase, plain path included (meant for GPUs)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast in every phase, plain path included (meant for GPUs)")
     parser.add_argument("--bf16", choices=("auto", "yes", "no"), default="auto",
                         help="also time the optimised paths under bf16 autocast against the fp32 plain path "
                              "(auto: where the device computes bf16 in hardware; not with --amp)")
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--isolate", choices=("auto", "yes", "no"), default="auto",
                         help="each phase in a fresh process (auto: yes on CPU unless --quick; GPUs reset their peak in-process)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output_json", default="", help="write all results here")
+    parser.add_argument("--output_json", "--output", dest="output_json", default="", help="write all results here")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (32x36x12, batch 2, 1 repeat) for tests")
     parser.add_argument("--phase", default="", help=argparse.SUPPRESS)  # internal: one phase as JSON
     return parser

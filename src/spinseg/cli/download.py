@@ -17,7 +17,7 @@ DESCRIPTION = "Install the authors' pretrained models: ``python -m spinseg.downl
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the download command."""
     parser = argparse.ArgumentParser(prog="python -m spinseg.download", description=DESCRIPTION.split("\n\n")[0])
-    parser.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help="where spin/ and u-net/ go")
+    parser.add_argument("--output_dir", "--output", dest="output_dir", default=DEFAULT_OUTPUT_DIR, help="where spin/ and u-net/ go")
     parser.add_argument("--zip_path", default=None, help="install this zip (downloaded by hand) instead of downloading")
     parser.add_argument("--check_config", action="append", default=[], metavar="NAME=JSON",
                         help="config to load-check model NAME (spin or unet) with, instead of the paper's")

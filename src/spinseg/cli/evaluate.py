@@ -1,4 +1,8 @@
-"""Command line: ``python -m spinseg.evaluate`` prints Table 2/3 rows and writes the report."""
+"""Command line: ``python -m spinseg.evaluate`` prints Table 2/3 rows and writes the report.
+
+The model, its config, the stacked slices, the normalisation and the threshold come from the
+checkpoint (or, for the authors' checkpoints, from the recipe of the model); flags override them.
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,11 +15,17 @@ from spinseg.recipes.named import evaluate_defaults, parse_with_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Flags of the evaluation command."""
-    parser = argparse.ArgumentParser(prog="python -m spinseg.evaluate", description=__doc__)
-    parser.add_argument("--recipe", default="", help="start from this model's recipe (spinseg.recipes); explicit flags win")
+    """Flags of the evaluation command (``--recipe`` is the dataclass's ``recipe`` field)."""
+    parser = argparse.ArgumentParser(prog="python -m spinseg.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(parser, EvaluateConfig)
     return parser
+
+
+def parse_evaluate_config(argv: list[str] | None = None) -> EvaluateConfig:
+    """The EvaluateConfig that ``python -m spinseg.evaluate <argv>`` runs."""
+    namespace = parse_with_recipe(build_parser(), argv, lambda name, known: evaluate_defaults(name))
+    return config_from_namespace(EvaluateConfig, namespace)
 
 
 @cli_entry
@@ -24,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_glibc_malloc()
     from spinseg.evaluation.evaluator import evaluate
 
-    evaluate(config_from_namespace(EvaluateConfig, parse_with_recipe(build_parser(), argv, evaluate_defaults)))
+    evaluate(parse_evaluate_config(argv))
     return 0
 
 

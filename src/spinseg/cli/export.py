@@ -18,9 +18,9 @@ EXPORT_FORMATS = ("safetensors",)
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the export command."""
     parser = argparse.ArgumentParser(prog="python -m spinseg.export", description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="a spinseg training checkpoint (.pth)")
+    parser.add_argument("--checkpoint", "--restore_path", dest="checkpoint", required=True, help="a spinseg training checkpoint (.pth)")
     parser.add_argument("--export", default="safetensors", choices=EXPORT_FORMATS, help="output format")
-    parser.add_argument("--output", default="", help="output file (default: the checkpoint's name with .safetensors)")
+    parser.add_argument("--output", "--output_path", dest="output", default="", help="output file (default: the checkpoint's name with .safetensors)")
     return parser
 
 

@@ -9,32 +9,41 @@ from pathlib import Path
 from spinseg.errors import UserInputError, cli_entry, fail
 from spinseg.inference.intensity import INTENSITY_MODES
 from spinseg.inference.native import PredictSettings
-from spinseg.inference.scan import (
-    default_normalization,
-    load_predict_model,
-)
+from spinseg.inference.scan import load_predict_model
 from spinseg.inference.study import collect_jobs, run_study
+from spinseg.recipes.preprocessing import PreprocessingFlags
 
 DESCRIPTION = "Segment your own T1 scans: ``python -m spinseg.predict --model spin --checkpoint CKPT --input scan.nii.gz --output OUT``.\n\nThe models were trained on ATLAS R1.2: T1 volumes registered to MNI152 2009 (197 x 233 x 189\nvoxels of 1 mm, the template's affine), sliced along the last axis. Each input scan is therefore\n\n1. read with nibabel (any 3-D NIfTI; a 4-D one whose last dimension is 1 is squeezed and the\n   outputs keep its (X, Y, Z, 1) shape),\n2. resampled (trilinear, in world coordinates, which also handles orientation and axis order)\n   onto the MNI template grid -- skipped when it is already on it,\n3. segmented slice by slice with the 2.5-D model (:func:`spinseg.fast_inference.predict_volume_fast`\n   over a model from :func:`~spinseg.fast_inference.prepare_inference_model`: batch norm folded,\n   channels-last; every slice is run, so the probabilities equal the plain path's within float rounding),\n4. its probabilities resampled (trilinear) back onto the INPUT's grid and thresholded there,\n\nso the mask has exactly the input's shape, affine and spatial header and overlays the scan in any\nviewer. No registration is done: a scan that is not in MNI space is still processed (resampled in\nworld coordinates) but a one-line warning says that the models were trained on registered data.\n\nPer scan ``<name>`` the output folder gets ``<name>_lesion_mask.nii.gz`` (uint8 0/1),\n``<name>_report.json``, ``<name>_qc.png`` and, with ``--save_probability``,\n``<name>_lesion_prob.nii.gz`` (float32). All of a scan's files are written to temporary files and\nrenamed only once all of them are complete: a scan that fails leaves nothing. A scan that fails\nprints one line and the others go on; the exit code is then 2.\n\nThe QC montage shows the INPUT grid (the scan and the mask as written, only re-ordered/flipped\nto the closest RAS orientation so that anterior is up; no interpolation), axial slices holding\nlesions, prediction in red. Anisotropic voxels appear stretched."
 
+FROM_CHECKPOINT = "default: from the checkpoint, else the model's recipe"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Flags of the prediction command."""
+    """Flags of the prediction command (common spellings first, the release's as aliases: docs/cli.md)."""
     parser = argparse.ArgumentParser(prog="python -m spinseg.predict", description=DESCRIPTION.split("\n\n")[0])
-    parser.add_argument("--model", default="spin", help="registry name of the network (spin, unet, dunet, ...)")
-    parser.add_argument("--checkpoint", required=True, help="ours (.pth/.safetensors) or the release's .pth")
+    parser.add_argument("--model", "--model_name", dest="model", default=None,
+                        help=f"registry name of the network: spin, unet, dunet, ... ({FROM_CHECKPOINT}, else spin)")
+    parser.add_argument("--checkpoint", "--restore_path", dest="checkpoint", required=True,
+                        help="ours (.pth/.safetensors) or the release's .pth")
     parser.add_argument("--input", nargs="+", required=True,
                         help="T1 NIfTI files (.nii/.nii.gz), folders searched recursively, or BIDS datasets")
-    parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--model_config", default="", help="JSON object or JSON file of model constructor arguments")
-    parser.add_argument("--n_chunk", type=int, default=None, help="stacked slices (default: the model's input width)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--batch_size", type=int, default=8, help="slices per forward pass (8 runs as fast as 16 with half the memory)")
+    parser.add_argument("--output", "--output_path", dest="output", required=True, help="output folder")
+    parser.add_argument("--recipe", default="", help="named recipe for what the checkpoint does not record (default: the model's)")
+    parser.add_argument("--model_config", default="", help="JSON object or JSON file of model constructor arguments over the checkpoint's")
+    parser.add_argument("--n_chunk", type=int, default=None, help=f"stacked slices ({FROM_CHECKPOINT})")
+    parser.add_argument("--dataset_normalization", default=None, choices=("standard", "none"), help=f"intensity normalisation ({FROM_CHECKPOINT})")
+    parser.add_argument("--dataset_means", type=float, nargs="+", default=None, help=f"mean per input channel ({FROM_CHECKPOINT})")
+    parser.add_argument("--dataset_stddevs", type=float, nargs="+", default=None, help=f"standard deviation per channel ({FROM_CHECKPOINT})")
+    parser.add_argument("--threshold", type=float, default=None, help=f"mask = probability > threshold ({FROM_CHECKPOINT}, else 0.5)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--batch_size", "--n_batch", dest="batch_size", type=int, default=8,
+                        help="slices per forward pass (default: 8; as fast as 16 with half the memory)")
     parser.add_argument("--test_time_flip", action="store_true", help="average with the left-right flipped slice")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (GPUs; CPUs with AVX512-BF16 or AMX)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                        help="bfloat16 autocast (GPUs; CPUs with AVX512-BF16 or AMX) (default: off)")
     parser.add_argument("--plain_inference", action="store_true",
                         help="run the model as loaded, not the prepared one (batch norm folded, channels-last)")
     parser.add_argument("--save_probability", action="store_true", help="also write <name>_lesion_prob.nii.gz")
-    parser.add_argument("--threshold", type=float, default=0.5, help="mask = probability > threshold")
     # --- issue 14 ---
     parser.add_argument("--register", action="store_true",
                         help="affinely register each scan to MNI152 2009 (SimpleITK), segment there, bring the mask back "
@@ -48,11 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    """Segments the scans; bad input ends with one line per problem and exit code 2."""
-    arguments = build_parser().parse_args(argv)
-    if not 0.0 < arguments.threshold < 1.0:
+def check_arguments(arguments: argparse.Namespace) -> None:
+    """One-line errors for values no run can use."""
+    if arguments.threshold is not None and not 0.0 < arguments.threshold < 1.0:
         raise UserInputError(f"--threshold {arguments.threshold}: must be between 0 and 1")
     if arguments.batch_size < 1:
         raise UserInputError(f"--batch_size {arguments.batch_size}: must be at least 1")
@@ -65,7 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UserInputError("--register needs SimpleITK: pip install 'spinseg[register]' (or pip install SimpleITK)")
     if arguments.save_mni and not arguments.register:
         raise UserInputError("--save_mni needs --register (without it the scan is assumed to be in MNI space already)")
-    jobs = collect_jobs(arguments.input, output_dir, arguments.pattern)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    """Segments the scans; bad input ends with one line per problem and exit code 2."""
+    arguments = build_parser().parse_args(argv)
+    check_arguments(arguments)
+    jobs = collect_jobs(arguments.input, Path(arguments.output), arguments.pattern)
 
     from spinseg.acceleration.allocator import tune_glibc_malloc
     from spinseg.training.runtime import select_device
@@ -73,22 +87,26 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_glibc_malloc()
     device = select_device(arguments.device)
-    model_config = parse_model_config(arguments.model_config)
     if not Path(arguments.checkpoint).is_file():
         raise fail(arguments.checkpoint, "checkpoint not found")
-    model, n_chunk = load_predict_model(arguments.model, arguments.checkpoint, model_config, arguments.n_chunk)
+    flags = PreprocessingFlags(
+        arguments.model, parse_model_config(arguments.model_config), arguments.n_chunk, arguments.dataset_normalization,
+        arguments.dataset_means, arguments.dataset_stddevs, arguments.threshold, arguments.recipe,
+    )
+    model, preprocessing = load_predict_model(arguments.checkpoint, flags)
     model = model.to(device)
     if not arguments.plain_inference:
         from spinseg.acceleration.inference import prepare_inference_model
 
         model = prepare_inference_model(model)
     settings = PredictSettings(
-        n_chunk, default_normalization(arguments.model), arguments.threshold, arguments.batch_size, device,
+        preprocessing.n_chunk, preprocessing.normalization(), preprocessing.threshold, arguments.batch_size, device,
         arguments.test_time_flip, arguments.amp, arguments.register, arguments.intensity, arguments.save_probability,
         arguments.save_mni, arguments.qc_lesions,
     )
-    rows = run_study(model, jobs, output_dir, settings,
-                     report_extra={"model": arguments.model, "checkpoint": str(arguments.checkpoint)})
+    rows = run_study(model, jobs, Path(arguments.output), settings,
+                     report_extra={"model": preprocessing.model_name, "checkpoint": str(arguments.checkpoint),
+                                   "preprocessing_from": preprocessing.source})
     return 2 if any(row["status"] == "failed" for row in rows) else 0
 
 

@@ -7,15 +7,26 @@ import sys
 from spinseg.recipes.config import TrainConfig, add_dataclass_arguments, config_from_namespace
 from spinseg.acceleration.allocator import tune_glibc_malloc
 from spinseg.errors import cli_entry
-from spinseg.recipes.named import train_defaults, parse_with_recipe
+from spinseg.recipes.named import add_recipe_arguments, train_defaults, parse_with_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the training command (the release's names, the paper's defaults)."""
     parser = argparse.ArgumentParser(prog="python -m spinseg.train", description=__doc__)
-    parser.add_argument("--recipe", default="", help="start from this model's recipe (spinseg.recipes); explicit flags win")
+    add_recipe_arguments(parser, statistics=True)
     add_dataclass_arguments(parser, TrainConfig)
     return parser
+
+
+def parse_train_config(argv: list[str] | None = None) -> TrainConfig:
+    """The TrainConfig that ``python -m spinseg.train <argv>`` runs: recipe first, explicit flags win."""
+    flags = set(sys.argv[1:] if argv is None else argv)
+    statistics_given = {"--dataset_means", "--dataset_stddevs"} <= flags
+
+    def defaults_for(name: str, known: argparse.Namespace) -> dict:
+        return train_defaults(name, known.dataset_statistics, read_statistics=not statistics_given)
+
+    return config_from_namespace(TrainConfig, parse_with_recipe(build_parser(), argv, defaults_for))
 
 
 @cli_entry
@@ -25,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from spinseg.training.runtime import shutdown_distributed
     from spinseg.training.trainer import train
 
-    config = config_from_namespace(TrainConfig, parse_with_recipe(build_parser(), argv, train_defaults))
+    config = parse_train_config(argv)
     try:
         train(config)
     finally:

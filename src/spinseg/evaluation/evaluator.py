@@ -9,7 +9,6 @@ import torch
 
 from spinseg.acceleration.inference import predict_volume_fast, prepare_inference_model
 from spinseg.data.images import is_rgb_image_file, load_image, load_mask, predict_image
-from spinseg.data.transforms import Normalization
 from spinseg.data.volumes import (
     check_same_shape,
     check_volume_pairs,
@@ -18,16 +17,17 @@ from spinseg.data.volumes import (
 )
 from spinseg.errors import UserInputError, fail
 from spinseg.evaluation import reporting
+from spinseg.evaluation.boundary_metrics import boundary_metrics, isotropic_spacing_from_voxel_volume
 from spinseg.evaluation.metrics import pooled_release_metrics
 from spinseg.inference.predictor import predict_volume
 from spinseg.io.figures import save_overlay_montage, save_slice_panel
 from spinseg.io.files import write_json, write_text
-from spinseg.models.checkpoint import load_model
-from spinseg.models.model_config import model_input_config, parse_model_config
+from spinseg.io.progress import progress_bar
 from spinseg.recipes.config import EvaluateConfig
+from spinseg.recipes.preprocessing import flags_of, load_with_preprocessing, with_preprocessing
 from spinseg.training.runtime import select_device
 
-KNOWN_METRIC_GROUPS = ("release", "challenge", "size")
+KNOWN_METRIC_GROUPS = ("release", "challenge", "size", "boundary")
 
 
 def subject_id_from_path(path: str) -> str:
@@ -69,9 +69,11 @@ def evaluate(config: EvaluateConfig) -> dict:
     small_lesion_slices = None
     if config.small_lesion_slices_path:
         small_lesion_slices = read_small_lesion_slices(config.small_lesion_slices_path, len(scan_paths))
-    model_config = model_input_config(config.model_name, config.n_chunk, 1, parse_model_config(config.model_config))
-    model = load_model(config.restore_path, config.model_name, **model_config).to(device)
-    normalization = Normalization(config.dataset_normalization, config.dataset_means, config.dataset_stddevs)
+    # Model, slices, normalisation and threshold: the flags given, else the checkpoint's, else its recipe's.
+    model, preprocessing = load_with_preprocessing(config.restore_path, flags_of(config))
+    model = model.to(device)
+    config = with_preprocessing(config, preprocessing)
+    normalization = preprocessing.normalization()
     output = Path(config.output_path)
     method = config.method_name or config.model_name.upper().replace("SPIN", "SPiN")
     if is_rgb_image_file(scan_paths[0]):
@@ -83,16 +85,18 @@ def evaluate(config: EvaluateConfig) -> dict:
 
     records, montages, small_gts, small_preds = [], {}, [], []
     started = time.time()
-    from tqdm import tqdm
-
-    for index, (scan_path, ground_truth_path) in enumerate(tqdm(list(zip(scan_paths, ground_truth_paths)), desc="evaluate")):
+    for index, (scan_path, ground_truth_path) in enumerate(progress_bar(list(zip(scan_paths, ground_truth_paths)), desc="evaluate")):
         scan, ground_truth = load_volume(scan_path), load_volume(ground_truth_path)
         check_same_shape(scan, scan_path, ground_truth, ground_truth_path)
         ground_truth = np.asarray(ground_truth) > 0
         probabilities = volume_probabilities(model, scan, config, normalization, device)
-        prediction = probabilities > 0.5
+        prediction = probabilities > config.threshold
         subject = subject_id_from_path(scan_path)
         record = reporting.subject_record(subject, ground_truth, prediction, config.voxel_volume_ml)
+        if "boundary" in config.metrics:
+            # .npy volumes carry no header: cubic voxels of --voxel_volume_ml (1 mm on ATLAS).
+            record.update(boundary_metrics(ground_truth, prediction, isotropic_spacing_from_voxel_volume(config.voxel_volume_ml),
+                                           config.boundary_tolerance_mm))
         records.append(record)
         if small_lesion_slices is not None:
             slices = small_lesion_slices[index]
@@ -114,39 +118,19 @@ def evaluate(config: EvaluateConfig) -> dict:
         )
     seconds = time.time() - started
 
-    table2 = reporting.release_row_from_records(records)
-    if small_lesion_slices is not None:
-        table3 = pooled_release_metrics(small_gts, small_preds) if small_gts else None
-    else:
-        table3 = reporting.small_lesion_row_from_records(records)
+    table3 = None
+    if small_lesion_slices is not None and small_gts:
+        table3 = pooled_release_metrics(small_gts, small_preds)
     worst = {record["subject_id"]: montages[record["subject_id"]] for record in reporting.worst_subjects(records)}
     for subject, path in montages.items():
         if subject not in worst:
             Path(path).unlink(missing_ok=True)
 
-    lines = [f"{len(records)} subjects, {seconds:.1f} s ({seconds / max(len(records), 1):.1f} s per volume)", ""]
-    lines += ["Table 2 (per-subject 3-D metrics, mean over subjects):", reporting.format_table2_header(),
-              reporting.format_table2_row(method, table2), ""]
-    if table3 is not None:
-        lines += ["Table 3 (small-lesion slices, pooled):", reporting.format_table2_header(),
-                  reporting.format_table2_row(method, table3), ""]
-    else:
-        lines += ["Table 3: no small-lesion slices in these subjects", ""]
-    if "challenge" in config.metrics:
-        lines += ["Lesion-wise (ATLAS v2.0 / ISLES'22 conventions, mean ± std over subjects):",
-                  reporting.format_challenge_table(reporting.challenge_table(records)), ""]
-    if "size" in config.metrics:
-        lines += ["Detection by lesion size (3-D lesions, 26-connected, pooled):",
-                  reporting.format_size_table(reporting.size_table(records)), ""]
-    text = "\n".join(lines)
-    print(text, flush=True)
-    write_text(output / "results.txt", text + "\n")
-    write_json(output / "per_subject.json", records)
-    report_path = reporting.write_report(
-        output, records, f"{method} evaluation", release_row=table2, small_lesion_row=table3,
-        montage_paths=worst, method_name=method,
+    heading = [f"{len(records)} subjects, {seconds:.1f} s ({seconds / max(len(records), 1):.1f} s per volume)"]
+    written = reporting.write_evaluation_outputs(
+        output, records, method, config.metrics, heading, small_lesion_row=table3, montage_paths=worst,
     )
-    print(f"wrote {output / 'results.txt'}, {report_path}, per-subject CSV/JSON and plots in {output}", flush=True)
+    table2, table3 = written["table2"], written["table3"]
     return {"table2": table2, "table3": table3, "records": records, "output_path": str(output), "seconds": seconds}
 
 
@@ -191,7 +175,7 @@ def evaluate_images(config: EvaluateConfig, model, normalization, device, image_
         image, ground_truth = load_image(image_path), np.asarray(load_mask(ground_truth_path)) > 0
         probabilities = predict_image(model, np.asarray(image), normalization, device, output_shape=ground_truth.shape,
                                       test_time_flip=config.test_time_flip, amp=config.amp)
-        prediction = probabilities > 0.5
+        prediction = probabilities > config.threshold
         name = Path(image_path).stem
         records.append({"subject_id": name, **release_metrics(ground_truth, prediction)})
         if config.do_visualize_predictions:

@@ -15,6 +15,9 @@ Conventions, made explicit because the field disagrees on them:
   (:func:`pooled_release_metrics`, :func:`pooled_small_lesion_metrics`).
 * Lesions are connected components; ISLES'22 uses 26-connectivity and millilitres, the ATLAS v2.0
   challenge 6-connectivity and voxels (pass ``voxel_volume_ml=1.0`` to get voxel counts).
+* Boundary metrics (HD95, ASSD, NSD in mm, computed by MONAI) live in
+  :mod:`spinseg.evaluation.boundary_metrics` and are re-exported here; their definitions and empty-mask
+  rule (both empty: distance 0, NSD 1; one empty: NaN, counted separately) are in that module's docstring.
 """
 from __future__ import annotations
 
@@ -530,3 +533,18 @@ def pooled_small_lesion_metrics(
     result: dict[str, float] = metrics_from_counts(int(totals[0]), int(totals[1]), int(totals[2]), empty_score)
     result["slices"] = int(totals[3])
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Boundary metrics (defined in their own module; re-exported so callers find every metric here)
+# --------------------------------------------------------------------------------------------------
+
+from spinseg.evaluation.boundary_metrics import (  # noqa: E402  (after the definitions above: no import cycle)
+    BOUNDARY_METRIC_KEYS,
+    DEFAULT_TOLERANCE_MM,
+    average_symmetric_surface_distance,
+    boundary_metrics,
+    boundary_summary,
+    hd95,
+    normalized_surface_dice,
+)

@@ -19,8 +19,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from spinseg.evaluation import metrics
-from spinseg.io.files import atomic_path, write_text
+from spinseg.evaluation import boundary_metrics, metrics
+from spinseg.io.files import atomic_path, write_json, write_text
 
 # Scalar columns of the per-subject CSV, in order. "lesions" (per-lesion list) is left out of the CSV.
 PER_SUBJECT_COLUMNS = (
@@ -38,6 +38,12 @@ PER_SUBJECT_COLUMNS = (
     "pred_lesion_count",
     "absolute_volume_difference_ml",
     "absolute_lesion_count_difference",
+    # Boundary metrics (spinseg.metrics), present when they were asked for.
+    "hd95_mm",
+    "assd_mm",
+    "nsd",
+    "nsd_tolerance_mm",
+    "boundary_one_empty",
     "gt_volume_ml",
     "pred_volume_ml",
     "true_positive_voxels",
@@ -255,6 +261,27 @@ def format_size_table(rows: Sequence[Mapping]) -> str:
     )
 
 
+def format_boundary_table(rows: Sequence[Mapping]) -> str:
+    """Markdown of :func:`spinseg.metrics.boundary_summary` rows: Metric | Mean ± std | Subjects | One mask empty."""
+    return format_markdown_table(
+        ("Metric", "Mean ± std", "Subjects", "One mask empty (excluded)"),
+        [(row["metric"], f"{_format_value(row['mean'])} ± {_format_value(row['std'])}", row["subjects"], row["one_empty"])
+         for row in rows],
+    )
+
+
+def has_boundary_metrics(records: Sequence[Mapping]) -> bool:
+    """True when every record carries the boundary metrics (hd95_mm, assd_mm, nsd)."""
+    return all(key in record for record in records for key in boundary_metrics.BOUNDARY_METRIC_KEYS)
+
+
+def boundary_section_title(records: Sequence[Mapping]) -> str:
+    """'Boundary metrics (NSD at 2 mm; ...)' naming the tolerance(s) the records were scored with."""
+    tolerances = sorted({float(record.get("nsd_tolerance_mm", boundary_metrics.DEFAULT_TOLERANCE_MM)) for record in records})
+    return (f"Boundary metrics (MONAI; HD95 = max of the two directed 95th percentiles; NSD at "
+            f"{', '.join(f'{value:g}' for value in tolerances)} mm; mean ± std over subjects where defined)")
+
+
 # --------------------------------------------------------------------------------------------------
 # CSV
 # --------------------------------------------------------------------------------------------------
@@ -420,6 +447,7 @@ def write_report(
     montage_paths: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike] = (),
     method_name: str = "SPiN",
     bins: Sequence[int] = metrics.DEFAULT_SIZE_BINS,
+    notes: Sequence[str] = (),
 ) -> Path:
     """Writes report.md (plus per_subject.csv and three PNG plots) into ``output_dir``; returns its path.
 
@@ -427,7 +455,7 @@ def write_report(
     None computes it from ``records`` (mean over subjects). ``small_lesion_row``: the Table 3 metrics
     likewise; None pools the records' small-lesion-slice counts when they have them. ``montage_paths``:
     overlay images of the worst subjects, a sequence (shown in order) or {subject_id: path}; linked
-    relative to ``output_dir``.
+    relative to ``output_dir``. ``notes``: lines shown under the subject count (e.g. unmatched subjects).
     """
     records = _check_records(records)
     output_dir = Path(output_dir)
@@ -445,6 +473,7 @@ def write_report(
     }
 
     lines = [f"# {title}", "", f"Subjects: {len(records)}.", ""]
+    lines += [line for note in notes for line in (note, "")]
     lines += [
         "## Table 2: release metrics (3-D, per subject, mean over subjects)",
         "",
@@ -481,6 +510,16 @@ def write_report(
         format_size_table(size_table(records, bins)),
         "",
     ]
+    if has_boundary_metrics(records):
+        lines += [
+            f"## {boundary_section_title(records)}",
+            "",
+            "Both masks empty: distances 0 and NSD 1; exactly one mask empty: no distance exists, so the subject",
+            "is left out of these means and counted in the last column.",
+            "",
+            format_boundary_table(boundary_metrics.boundary_summary(records)),
+            "",
+        ]
     if all("small_lesions_2d" in record for record in records):
         small_total = sum(int(record["small_lesions_2d"]) for record in records)
         small_hits = sum(int(record["small_lesions_2d_detected"]) for record in records)
@@ -524,3 +563,71 @@ def write_report(
     report_path = output_dir / REPORT_NAME
     write_text(report_path, "\n".join(lines).rstrip("\n") + "\n")
     return report_path
+
+
+# --------------------------------------------------------------------------------------------------
+# Everything an evaluation writes (shared by spinseg.evaluate and spinseg.score)
+# --------------------------------------------------------------------------------------------------
+
+RESULTS_TEXT_NAME = "results.txt"
+PER_SUBJECT_JSON_NAME = "per_subject.json"
+
+
+def summary_lines(
+    records: Sequence[Mapping],
+    method_name: str,
+    metric_groups: Sequence[str],
+    release_row: Mapping[str, float],
+    small_lesion_row: Mapping[str, float] | None,
+) -> list[str]:
+    """The printed summary: Table 2 and 3 rows, then the challenge, size and boundary tables asked for
+    in ``metric_groups`` (any of "challenge", "size", "boundary"; the release rows are always shown)."""
+    lines = ["Table 2 (per-subject 3-D metrics, mean over subjects):", format_table2_header(),
+             format_table2_row(method_name, release_row), ""]
+    if small_lesion_row is not None:
+        lines += ["Table 3 (small-lesion slices, pooled):", format_table2_header(),
+                  format_table2_row(method_name, small_lesion_row), ""]
+    else:
+        lines += ["Table 3: no small-lesion slices in these subjects", ""]
+    if "challenge" in metric_groups:
+        lines += ["Lesion-wise (ATLAS v2.0 / ISLES'22 conventions, mean ± std over subjects):",
+                  format_challenge_table(challenge_table(records)), ""]
+    if "size" in metric_groups:
+        lines += ["Detection by lesion size (3-D lesions, 26-connected, pooled):",
+                  format_size_table(size_table(records)), ""]
+    if "boundary" in metric_groups and has_boundary_metrics(records):
+        lines += [f"{boundary_section_title(records)}:",
+                  format_boundary_table(boundary_metrics.boundary_summary(records)), ""]
+    return lines
+
+
+def write_evaluation_outputs(
+    output_dir: str | os.PathLike,
+    records: Sequence[Mapping],
+    method_name: str,
+    metric_groups: Sequence[str],
+    heading: Sequence[str],
+    small_lesion_row: Mapping[str, float] | None = None,
+    montage_paths: Mapping[str, str | os.PathLike] | Sequence = (),
+    title: str | None = None,
+) -> dict:
+    """Prints the summary and writes results.txt, per_subject.json, per_subject.csv, the plots and report.md.
+
+    ``heading``: lines printed above the tables (and shown in report.md under the subject count).
+    ``small_lesion_row``: the Table 3 row when the caller pooled it itself; None pools the records'
+    small-lesion-slice counts. Returns dict(table2, table3, report_path, text).
+    """
+    records = _check_records(records)
+    output_dir = Path(output_dir)
+    release_row = release_row_from_records(records)
+    shown_small_lesion_row = small_lesion_row if small_lesion_row is not None else small_lesion_row_from_records(records)
+    text = "\n".join([*heading, "", *summary_lines(records, method_name, metric_groups, release_row, shown_small_lesion_row)])
+    print(text, flush=True)
+    write_text(output_dir / RESULTS_TEXT_NAME, text + "\n")
+    write_json(output_dir / PER_SUBJECT_JSON_NAME, list(records))
+    report_path = write_report(
+        output_dir, records, title or f"{method_name} evaluation", release_row=release_row,
+        small_lesion_row=small_lesion_row, montage_paths=montage_paths, method_name=method_name, notes=heading[1:],
+    )
+    print(f"wrote {output_dir / RESULTS_TEXT_NAME}, {report_path}, per-subject CSV/JSON and plots in {output_dir}", flush=True)
+    return {"table2": release_row, "table3": shown_small_lesion_row, "report_path": report_path, "text": text}

@@ -213,12 +213,11 @@ def reference_state_dict(name: str, config: dict, n_chunk: int, normalization, s
     """
     from spinseg.data.volumes import load_volume, stack_slices
     from spinseg.models import build_model
-    from spinseg.models.checkpoint import model_from_checkpoint, read_checkpoint
+    from spinseg.models.checkpoint import load_model
 
     torch.manual_seed(seed)
-    if checkpoint:
-        model = model_from_checkpoint(read_checkpoint(checkpoint), checkpoint, name, **config)
-        return model.state_dict()
+    if checkpoint:  # any format load_model reads: ours, the release's .pth, the authors' Keras .h5/.hdf5
+        return load_model(checkpoint, name, **config).state_dict()
     model = build_model(name, **config)
     batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if batch_norms:

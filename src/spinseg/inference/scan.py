@@ -42,10 +42,12 @@ import numpy as np
 from nibabel.processing import resample_from_to
 from scipy import ndimage
 
-from spinseg.constants import ATLAS_MEAN, ATLAS_SHAPE, ATLAS_STD
+from spinseg.constants import ATLAS_SHAPE
 from spinseg.data.transforms import Normalization
 from spinseg.errors import UserInputError, fail, warn
 from spinseg.io.files import atomic_path
+from spinseg.io.progress import progress_bar
+from spinseg.recipes.preprocessing import PreprocessingFlags
 
 # The ATLAS R1.2 / MNI152 2009 grid, used when nilearn's copy of the template cannot be read.
 TEMPLATE_FALLBACK_AFFINE = np.array(
@@ -410,34 +412,21 @@ def make_readable(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def default_normalization(model_name: str) -> Normalization:
-    """The intensity normalisation the model's recipe trains with (ATLAS mean/std for SPiN and U-Net)."""
-    from spinseg.recipes.named import RECIPES
+def load_predict_model(checkpoint: str, flags: PreprocessingFlags):
+    """Loads the model to predict with and what it needs around it: (model, Preprocessing).
 
-    if model_name in RECIPES:
-        values = RECIPES[model_name].normalization()
-        return Normalization(values["dataset_normalization"], values["dataset_means"], values["dataset_stddevs"])
-    return Normalization("standard", [ATLAS_MEAN], [ATLAS_STD])
-
-
-def load_predict_model(model_name: str, checkpoint: str, model_config: dict, n_chunk: int | None):
-    """Loads the model to predict with and the number of stacked slices it takes: (model, n_chunk).
-
-    The seam tests replace to inject a model. Without ``n_chunk`` the model's own input width is
-    used: our checkpoints store it, and the release format gets the paper's defaults (SPiN: 5
-    slices, U-Net: 1). A given ``n_chunk`` must match the checkpoint.
+    The seam tests replace to inject a model. Model, config, stacked slices, normalisation and
+    threshold come from the flags given, else the checkpoint (ours record them), else the recipe
+    of the model (the authors' checkpoints: SPiN 5 slices, U-Net 1, ...). The network's input
+    width must equal the slices.
     """
-    from spinseg.models.checkpoint import load_model
-    from spinseg.models.model_config import model_input_config
+    from spinseg.recipes.preprocessing import load_with_preprocessing
 
-    config = dict(model_config)
-    if n_chunk is not None:
-        config = model_input_config(model_name, n_chunk, 1, config)
-    model = load_model(checkpoint, model_name, **config)
-    width = int(getattr(model, "in_channels", n_chunk or 1))
-    if n_chunk is not None and width != n_chunk:
-        raise fail(checkpoint, f"model {model_name!r} takes {width} stacked slices, not --n_chunk {n_chunk}")
-    return model, width
+    model, preprocessing = load_with_preprocessing(checkpoint, flags)
+    width = int(getattr(model, "in_channels", preprocessing.n_chunk))
+    if width != preprocessing.n_chunk:
+        raise fail(checkpoint, f"model {preprocessing.model_name!r} takes {width} stacked slices, not --n_chunk {preprocessing.n_chunk}")
+    return model, preprocessing
 
 
 def run_predict(
@@ -459,12 +448,10 @@ def run_predict(
     A failing scan (unreadable, 4-D, NaN, empty...) prints its error line, writes nothing and
     does not stop the others.
     """
-    from tqdm import tqdm
-
     output_dir.mkdir(parents=True, exist_ok=True)
     errors = []
-    # disable=None: no bar when stderr is not a terminal, so logs hold only the error lines.
-    for path in tqdm(inputs, desc="predict", unit="scan", disable=None):
+    # No bar when stderr is not a terminal, so logs hold only the error lines.
+    for path in progress_bar(inputs, desc="predict", unit="scan"):
         name = scan_name(path)
         try:
             image = load_scan(path)

@@ -8,7 +8,7 @@
   ``<output>/derivatives/spinseg/sub-*/[ses-*/]anat/`` with a ``dataset_description.json``.
 
 Every run writes one ``summary.csv`` (one row per scan, failed ones included; columns in
-``SUMMARY_COLUMNS``, documented in docs/predict.md) next to the outputs. A scan that fails prints
+``SUMMARY_COLUMNS``, documented in docs/predict.md) next to the outputs, unless every scan failed. A scan that fails prints
 one line, writes nothing and does not stop the others; the run then exits with 2.
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ SUMMARY_COLUMNS = ("scan", "input", "status", "lesion_count", "total_ml", "regis
 BIDS_T1W = re.compile(r"^sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?.*_T1w\.nii(\.gz)?$")
 MNI_SPACE = "MNI152NLin2009aSym"
 DERIVATIVES = Path("derivatives") / "spinseg"
+DEFAULT_PATTERN = "*.nii*"
 # Our outputs, skipped when a folder is searched for scans (plain and BIDS-derivative names).
 OWN_OUTPUT_ENDINGS = OUTPUT_SUFFIXES + ("_mask", "_probseg")
 
@@ -87,11 +88,11 @@ def folder_jobs(folder: Path, output_dir: Path, pattern: str) -> list[ScanJob]:
                    if path.is_file() and is_nifti_path(path) and not scan_name(path).endswith(OWN_OUTPUT_ENDINGS)
                    and DERIVATIVES.parts[0] not in path.relative_to(folder).parts)
     if not scans:
-        raise fail(folder, f"folder holds no .nii or .nii.gz file matching {pattern!r}")
+        raise fail(folder, "folder holds no .nii or .nii.gz files" + ("" if pattern == DEFAULT_PATTERN else f" matching {pattern!r}"))
     return [ScanJob(path, output_dir / path.parent.relative_to(folder), scan_name(path)) for path in scans]
 
 
-def collect_jobs(inputs: list[str], output_dir: Path, pattern: str = "*.nii*") -> list[ScanJob]:
+def collect_jobs(inputs: list[str], output_dir: Path, pattern: str = DEFAULT_PATTERN) -> list[ScanJob]:
     """The scans of every ``--input`` (file, folder or BIDS dataset); one-line errors for missing or clashing inputs."""
     jobs: list[ScanJob] = []
     for text in inputs:
@@ -198,17 +199,16 @@ def run_study(model, jobs: list[ScanJob], output_dir: Path, settings: PredictSet
     A failing scan (unreadable, 2-D/4-D, failed registration, ...) prints its one-line error,
     writes nothing and does not stop the others (its row says ``failed``).
     """
-    from tqdm import tqdm
-
     from spinseg.errors import warn as default_warn
+    from spinseg.io.progress import progress_bar
 
     warn_line = warn_line or default_warn
     summary_root = output_dir / DERIVATIVES if jobs and all(job.bids for job in jobs) else output_dir
     if any(job.bids for job in jobs):
         write_dataset_description(output_dir / DERIVATIVES, sorted({str(job.bids_root) for job in jobs if job.bids}))
     rows = []
-    # disable=None: no bar when stderr is not a terminal, so logs hold only the error lines.
-    for job in tqdm(jobs, desc="predict", unit="scan", disable=None):
+    # No bar when stderr is not a terminal, so logs hold only the error lines.
+    for job in progress_bar(jobs, desc="predict", unit="scan"):
         warnings: list[str] = []
 
         def record(message: str, warnings: list[str] = warnings) -> None:
@@ -237,7 +237,9 @@ def run_study(model, jobs: list[ScanJob], output_dir: Path, settings: PredictSet
                      "warnings": " | ".join(warnings), "error": ""})
         print(f"{job.name}: {prediction.report['lesion_volume_ml']:.3f} ml in {prediction.report['n_lesions']} lesion(s) "
               f"-> {paths['mask']}", flush=True)
-    write_summary(rows, summary_root / "summary.csv")
+    # A run in which every scan failed leaves nothing behind (its errors were printed), as a failed scan does.
+    if any(row["status"] == "ok" for row in rows):
+        write_summary(rows, summary_root / "summary.csv")
     return rows
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from spinseg.errors import fail
 from spinseg.io.files import atomic_path
-from spinseg.models import build_model
+from spinseg.models import build_model, keras_weights, kiunet
 
 CHECKPOINT_FORMAT = "spinseg-checkpoint-v1"
 
@@ -109,6 +109,11 @@ def model_from_checkpoint(checkpoint: dict, path, name: str, **config) -> nn.Mod
                 raise fail(path, f"checkpoint of another model: no {key} for model {name!r} (has {', '.join(sorted(checkpoint))[:200]})")
             load_state_dict_checked(getattr(model, key[: -len("_state_dict")]), checkpoint[key], path, f"model {name!r} ({key})")
         return model
+    if is_state_dict(checkpoint) and name == "kiunet" and kiunet.is_release_state_dict(checkpoint):
+        # The release's KiU-Net (biased convolutions, 2-channel output): its exact variant.
+        model = build_model(name, **{**config, "release_exact": True})
+        load_state_dict_checked(model, kiunet.release_state_dict_to_port(checkpoint), path, "the release's KiU-Net")
+        return model
     if is_state_dict(checkpoint):
         # A bare state dict has no name or config: build from ``config`` and let the key check speak.
         model = build_model(name, **config)
@@ -128,34 +133,41 @@ def load_model(path: str | os.PathLike, name: str, **config) -> nn.Module:
     """Loads a model of architecture ``name`` from ``path`` and returns it in eval mode.
 
     Accepts our ``.pth`` checkpoints (config inside; ``config`` overrides it), the authors'
-    release format (``config`` must describe the network, e.g. the paper's defaults) and
-    ``.safetensors`` files written by :func:`export_safetensors`.
+    release format (``config`` must describe the network, e.g. the paper's defaults),
+    ``.safetensors`` files written by :func:`export_safetensors` and the authors' Keras
+    ``.h5`` / ``.hdf5`` files of X-Net, CLCI-Net and D-UNet (the model is built as the file describes).
     """
     path = Path(path)
     if path.suffix == ".safetensors":
         model = load_safetensors(path, name, **config)
+    elif keras_weights.is_hdf5_file(path):
+        # The authors' Keras 2.2 weights of X-Net, CLCI-Net and D-UNet (.h5 / .hdf5).
+        model = keras_weights.load_keras_model(path, name, **config)
     else:
         model = model_from_checkpoint(read_checkpoint(path), path, name, **config)
     return model.eval()
 
 
 def model_config(model: nn.Module) -> dict:
-    """The JSON-serialisable constructor config of a built model."""
-    config = getattr(model, "config", {})
-    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    """The JSON-serialisable constructor config of a built model (``RemembersConfig.config``)."""
+    return dict(getattr(model, "config", {}))
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> None:
     """Writes our checkpoint atomically: model name, config and weights, plus ``extra`` entries.
 
-    ``extra`` holds training state (``optimizer_state_dict``, ``train_state``, ``rng_state``...);
-    it must contain only tensors, dicts, lists, strings and numbers so it reloads safely.
+    A model that carries a ``preprocessing`` dict (the trainer attaches one: slices, normalisation,
+    threshold; see ``spinseg.recipes.preprocessing``) has it saved too, so evaluate and predict
+    need no flags. ``extra`` holds training state (``optimizer_state_dict``, ``train_state``,
+    ``rng_state``...); it must contain only tensors, dicts, lists, strings and numbers so it reloads safely.
     """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    preprocessing = getattr(model, "preprocessing", None)
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model_name": getattr(model, "model_name", type(model).__name__.lower()),
         "model_config": model_config(model),
+        **({"preprocessing": dict(preprocessing)} if preprocessing else {}),
         "model_state_dict": model.state_dict(),
         **extra,
     }
@@ -222,6 +234,7 @@ def export_safetensors(checkpoint_path: str | os.PathLike, output_path: str | os
         "format": CHECKPOINT_FORMAT,
         "model_name": checkpoint["model_name"],
         "model_config": json.dumps(checkpoint["model_config"]),
+        **({"preprocessing": json.dumps(checkpoint["preprocessing"])} if "preprocessing" in checkpoint else {}),
     }
     output_path = Path(output_path)
     write_atomically(output_path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata), ".safetensors")

@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .base import RemembersConfig
 from .blocks import activation_from_name, initialize_weights
 from .layers_extra import (
     ConvLSTM2d,
@@ -31,6 +32,7 @@ from .layers_extra import (
     DoubleConv,
     crop_to_size,
     pad_to_multiple,
+    use_keras_arithmetic,
     validate_common_options,
     validate_padding_mode,
     validate_positive_ints,
@@ -64,9 +66,13 @@ class CrossLevelDownsampling(nn.Module):
         self.pool = nn.MaxPool2d(kernel_size=2)
         concatenated = n_levels * filters + level_channels[-1]
         self.fusion = ConvNormActivation(concatenated, fusion_channels, 1, 1, 1, activation, use_batch_norm)
+        # The Keras release concatenates the coarsest level's convolution first: [k, ..., 1, pool].
+        self.coarsest_first = False
 
     def forward(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
         downsampled = [downsampler(level) for downsampler, level in zip(self.downsamplers, levels)]
+        if self.coarsest_first:
+            downsampled.reverse()
         return self.fusion(torch.cat(downsampled + [self.pool(levels[-1])], dim=1))
 
 
@@ -77,7 +83,8 @@ class CrossLevelASPP(nn.Module):
     convolution, broadcast back to h x w) and a strided 3x3 convolution from each encoder level
     (stride h_level / h); concatenated, fused by a 1x1 convolution, then dropout.
     The image-pooling branch has a bias instead of batch norm: a 1x1 map cannot be batch
-    normalised with batch size 1 in training (the release uses batch norm there).
+    normalised with batch size 1 in training (the release uses batch norm there, which
+    ``image_pooling_batch_norm=True`` restores).
     """
 
     def __init__(
@@ -90,13 +97,14 @@ class CrossLevelASPP(nn.Module):
         dropout_rate: float,
         activation: str,
         use_batch_norm: bool,
+        image_pooling_batch_norm: bool = False,
     ):
         super().__init__()
         self.pointwise = ConvNormActivation(in_channels, filters, 1, 1, 1, activation, use_batch_norm)
         self.dilated = nn.ModuleList(
             ConvNormActivation(in_channels, filters, 3, 1, rate, activation, use_batch_norm) for rate in dilation_rates
         )
-        self.image_pooling = ConvNormActivation(in_channels, filters, 1, 1, 1, activation, use_batch_norm=False)
+        self.image_pooling = ConvNormActivation(in_channels, filters, 1, 1, 1, activation, image_pooling_batch_norm)
         n_levels = len(level_channels)
         self.cross_level = nn.ModuleList(
             ConvNormActivation(channels, filters, 3, 2 ** (n_levels - index), 1, activation, use_batch_norm)
@@ -133,7 +141,7 @@ class ContextInferenceDecoderLevel(nn.Module):
         return self.convolutions(self.context_inference([upsampled, self.skip_convolution(skip)]))
 
 
-class CLCINet(nn.Module):
+class CLCINet(RemembersConfig):
     """CLCI-Net: x (B, input_channels, H, W) -> logits (B, 1, H, W), any H, W.
 
     Arguments (keyword only, defaults are the paper's / release's settings):
@@ -147,6 +155,12 @@ class CLCINet(nn.Module):
         activation_func, use_batch_norm, weight_initializer: "relu", True, "kaiming_normal" (Keras' he_normal).
         padding_mode: how inputs are padded to a multiple of 16 before the network ("replicate"
             or "zeros"); the logits are cropped back, so any H, W works (197x233 -> 208x240).
+        keras_release: False (what we train). True builds the authors' Keras model exactly, so its
+            weights load (:mod:`spinseg.models.keras_weights`): a bias on every convolution, batch
+            norm (epsilon 1e-3, not 1e-5) in the image-pooling branch too, TensorFlow's "same"
+            padding (a 3x3 stride-2 convolution pads 0 before and 1 after, strides 4-16 pad
+            nothing), ConvLSTM gates with Keras' hard_sigmoid, and each CLF's concatenation in the
+            release's order [coarsest level's convolution, ..., finest's, max-pool].
 
     Parameters at defaults: 36,800,129 (the Keras release has 12,896 more trainable ones: the
     redundant biases of convolutions followed by batch norm, and batch norm in the image-pooling
@@ -169,6 +183,7 @@ class CLCINet(nn.Module):
         use_batch_norm: bool = True,
         weight_initializer: str = "kaiming_normal",
         padding_mode: str = "replicate",
+        keras_release: bool = False,
     ):
         super().__init__()
         if not isinstance(input_channels, int) or input_channels < 1:
@@ -194,6 +209,7 @@ class CLCINet(nn.Module):
             "use_batch_norm": use_batch_norm,
             "weight_initializer": weight_initializer,
             "padding_mode": padding_mode,
+            "keras_release": keras_release,
         }
         self.in_channels = input_channels
         self.padding_mode = padding_mode
@@ -218,6 +234,7 @@ class CLCINet(nn.Module):
             dropout_rate,
             activation,
             batch_norm,
+            image_pooling_batch_norm=keras_release and batch_norm,
         )
 
         # Decoder, coarsest first.
@@ -227,6 +244,10 @@ class CLCINet(nn.Module):
             self.decoder_levels.append(ContextInferenceDecoderLevel(in_channels, filters, filters, activation, batch_norm))
             in_channels = filters
         self.output = nn.Conv2d(n_filters[0], 1, kernel_size=1)
+        if keras_release:
+            use_keras_arithmetic(self)
+            for fusion in self.cross_level_fusions:
+                fusion.coarsest_first = True
         initialize_weights(self, weight_initializer)
         for module in self.modules():
             if isinstance(module, ConvLSTM2d):

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .base import RemembersConfig
 from .blocks import activation_from_name, initialize_weights
 from .layers_extra import (
     ConvNormActivation,
@@ -29,6 +30,7 @@ from .layers_extra import (
     SqueezeExcitation,
     crop_to_size,
     pad_to_multiple,
+    use_keras_arithmetic,
     validate_common_options,
     validate_padding_mode,
     validate_positive_ints,
@@ -81,7 +83,7 @@ class UpConvolution(nn.Module):
         return self.conv(self.upsample(x))
 
 
-class DUNet(nn.Module):
+class DUNet(RemembersConfig):
     """D-UNet: x (B, input_channels, H, W) -> logits (B, 1, H, W), any H, W.
 
     Arguments (keyword only, defaults are the paper's / release's settings):
@@ -93,6 +95,9 @@ class DUNet(nn.Module):
         activation_func, use_batch_norm, weight_initializer: "relu", True, "kaiming_normal" (Keras' he_normal).
         padding_mode: how inputs are padded to a multiple of 16 before the network ("replicate"
             or "zeros"); the logits are cropped back, so any H, W works (197x233 -> 208x240).
+        keras_release: False (what we train). True builds the authors' Keras model exactly, so its
+            weights load (:mod:`spinseg.models.keras_weights`): a bias on every convolution (Keras'
+            default, even before batch norm) and batch-norm epsilon 1e-3 instead of 1e-5.
 
     Parameters at defaults: 8,629,987 (the Keras release has 3,392 more trainable ones: the
     redundant biases of convolutions followed by batch norm).
@@ -112,6 +117,7 @@ class DUNet(nn.Module):
         use_batch_norm: bool = True,
         weight_initializer: str = "kaiming_normal",
         padding_mode: str = "replicate",
+        keras_release: bool = False,
     ):
         super().__init__()
         if not isinstance(input_channels, int) or input_channels < 1:
@@ -134,6 +140,7 @@ class DUNet(nn.Module):
             "use_batch_norm": use_batch_norm,
             "weight_initializer": weight_initializer,
             "padding_mode": padding_mode,
+            "keras_release": keras_release,
         }
         self.in_channels = input_channels
         self.padding_mode = padding_mode
@@ -168,6 +175,8 @@ class DUNet(nn.Module):
             self.decoder_levels.append(DoubleConv(2 * filters, filters, activation, batch_norm))
             in_channels = filters
         self.output = nn.Conv2d(n_filters[0], 1, kernel_size=1)
+        if keras_release:
+            use_keras_arithmetic(self)
         initialize_weights(self, weight_initializer)
 
     def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

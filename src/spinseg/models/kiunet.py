@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import RemembersConfig
 from .blocks import Conv2dBlock, activation_from_name, initialize_weights
-from .layers_extra import crop_to_size, pad_to_multiple, validate_common_options, validate_padding_mode
+from .layers_extra import add_zero_bias, crop_to_size, pad_to_multiple, validate_common_options, validate_padding_mode
 
 RESAMPLE_MODES = ("down", "up")
 
@@ -76,7 +77,7 @@ class CrossResidualFusionBlock(nn.Module):
         return unet + from_kite, kite + from_unet
 
 
-class KiUNet(nn.Module):
+class KiUNet(RemembersConfig):
     """KiU-Net 2-D: x (B, in_channels, H, W) -> logits (B, 1, H, W) for any H, W.
 
     Keyword arguments (defaults = the paper's 2-D KiU-Net):
@@ -87,6 +88,10 @@ class KiUNet(nn.Module):
         use_batch_norm: True.
         weight_initializer: "default" (PyTorch's own, as the paper's code; see :func:`initialize_weights`).
         padding_mode: how inputs are padded to a multiple of 2**L ("replicate" or "zeros").
+        release_exact: False (what we train). True builds the release's ``kiunet`` class so its
+            ``state_dict`` loads (:func:`release_state_dict_to_port`): a bias on every convolution and
+            a 2-channel final 1x1 convolution followed by ReLU, as the release; the one logit is
+            then channel 1 minus channel 0, so its sigmoid is the release's softmax of channel 1.
 
     Parameters at defaults: 215,881 (bias-free convolutions before batch norm, a biased 1x1 output;
     the paper's code adds biases and two unused 64-channel CRFB convolutions).
@@ -111,6 +116,7 @@ class KiUNet(nn.Module):
         use_batch_norm: bool = True,
         weight_initializer: str = "default",
         padding_mode: str = "replicate",
+        release_exact: bool = False,
     ):
         super().__init__()
         n_filters = list(n_filters)
@@ -120,6 +126,12 @@ class KiUNet(nn.Module):
         self.padding_mode = padding_mode
         self.in_channels = input_channels
         self.n_levels = len(n_filters)
+        self.release_exact = release_exact
+        self.config = {
+            "input_channels": input_channels, "n_filters": n_filters, "n_filters_output": n_filters_output,
+            "activation_func": activation_func, "use_batch_norm": use_batch_norm,
+            "weight_initializer": weight_initializer, "padding_mode": padding_mode, "release_exact": release_exact,
+        }
         activation, batch_norm = activation_func, use_batch_norm
 
         encoder_in_channels = [input_channels] + n_filters[:-1]
@@ -149,7 +161,11 @@ class KiUNet(nn.Module):
         self.decoder_fusion = nn.ModuleList(
             CrossResidualFusionBlock(channels, activation, batch_norm) for channels in decoder_out_channels[:-1]
         )
-        self.output = nn.Conv2d(n_filters_output, 1, kernel_size=1, bias=True)
+        self.output = nn.Conv2d(n_filters_output, 2 if release_exact else 1, kernel_size=1, bias=True)
+        if release_exact:
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d):
+                    add_zero_bias(module)
         initialize_weights(self, weight_initializer)
 
     def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -176,6 +192,10 @@ class KiUNet(nn.Module):
                 unet = unet + skip_unet
                 kite = kite + skip_kite
         logits = self.output(unet + kite)
+        if self.release_exact:
+            # softmax([a, b])[1] = sigmoid(b - a): one logit with the release's probability.
+            scores = F.relu(logits)
+            logits = scores[:, 1:2] - scores[:, 0:1]
         return {"logits": crop_to_size(logits, size)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,3 +216,43 @@ def validate_kiunet_config(
             raise ValueError(f"n_filters and n_filters_output must be integers >= 1, got {value!r}")
     if not isinstance(use_batch_norm, bool):
         raise ValueError(f"use_batch_norm must be a bool, got {use_batch_norm!r}")
+
+
+# The release's attribute prefixes (``arch/ae.py``, class ``kiunet``) -> ours, per level l = 1, 2, 3.
+RELEASE_PREFIXES = {
+    "encoder{l}.": "unet_encoder.{i}.conv.", "en{l}_bn.": "unet_encoder.{i}.batch_norm.",
+    "encoderf{l}.": "kite_encoder.{i}.conv.", "enf{l}_bn.": "kite_encoder.{i}.batch_norm.",
+    "intere{l}_1.": "encoder_fusion.{i}.kite_to_unet.conv.", "inte{l}_1bn.": "encoder_fusion.{i}.kite_to_unet.batch_norm.",
+    "intere{l}_2.": "encoder_fusion.{i}.unet_to_kite.conv.", "inte{l}_2bn.": "encoder_fusion.{i}.unet_to_kite.batch_norm.",
+    "decoder{l}.": "unet_decoder.{i}.conv.", "de{l}_bn.": "unet_decoder.{i}.batch_norm.",
+    "decoderf{l}.": "kite_decoder.{i}.conv.", "def{l}_bn.": "kite_decoder.{i}.batch_norm.",
+    "interd{l}_1.": "decoder_fusion.{i}.kite_to_unet.conv.", "intd{l}_1bn.": "decoder_fusion.{i}.kite_to_unet.batch_norm.",
+    "interd{l}_2.": "decoder_fusion.{i}.unet_to_kite.conv.", "intd{l}_2bn.": "decoder_fusion.{i}.unet_to_kite.batch_norm.",
+}
+RELEASE_LEVELS = 3
+
+
+def is_release_state_dict(state_dict: dict) -> bool:
+    """True for ``torch.save(kiunet().state_dict())`` of the release (its own key names)."""
+    return {"encoder1.weight", "encoderf1.weight", "intere1_1.weight", "final.weight"} <= set(state_dict)
+
+
+def release_state_dict_to_port(state_dict: dict) -> dict:
+    """Renames the release's KiU-Net state dict to :class:`KiUNet` keys (``release_exact=True``).
+
+    The release builds decoder fusion convolutions at its third level (``interd3_*``, ``intd3_*``)
+    that its forward never uses; they are dropped. Any other key is kept as it is, so a strict
+    load reports it.
+    """
+    renamed = {}
+    for key, value in state_dict.items():
+        new_key = key.replace("final.", "output.", 1) if key.startswith("final.") else key
+        for level in range(1, RELEASE_LEVELS + 1):
+            for release, ours in RELEASE_PREFIXES.items():
+                prefix = release.format(l=level)
+                if key.startswith(prefix):
+                    new_key = ours.format(i=level - 1) + key[len(prefix):]
+        if new_key.startswith(f"decoder_fusion.{RELEASE_LEVELS - 1}."):
+            continue  # the unused level-3 decoder fusion
+        renamed[new_key] = value
+    return renamed

@@ -59,9 +59,13 @@ class ConvNormActivation(nn.Module):
         )
         self.batch_norm = norm(out_channels) if use_batch_norm else None
         self.activation = activation_from_name(activation)
+        # Set by use_keras_arithmetic: pad exactly as TensorFlow's "same" (see tensorflow_same_padding).
+        self.tensorflow_padding = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.extra_padding is not None:
+        if self.tensorflow_padding:
+            x = F.pad(x, tensorflow_same_padding(x.shape[2:], self.conv))
+        elif self.extra_padding is not None:
             x = F.pad(x, self.extra_padding)
         x = self.conv(x)
         if self.batch_norm is not None:
@@ -112,6 +116,8 @@ class ConvLSTM2d(nn.Module):
     def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int = 3):
         super().__init__()
         self.hidden_channels = hidden_channels
+        # Keras' ConvLSTM2D gates use hard_sigmoid; use_keras_arithmetic switches to it.
+        self.gate_activation = torch.sigmoid
         self.input_conv = nn.Conv2d(in_channels, 4 * hidden_channels, kernel_size, padding=kernel_size // 2)
         self.recurrent_conv = nn.Conv2d(
             hidden_channels, 4 * hidden_channels, kernel_size, padding=kernel_size // 2, bias=False
@@ -131,11 +137,12 @@ class ConvLSTM2d(nn.Module):
             if hidden is not None:
                 gates = gates + self.recurrent_conv(hidden)
             input_gate, forget_gate, candidate, output_gate = torch.chunk(gates, 4, dim=1)
-            new_cell = torch.sigmoid(input_gate) * torch.tanh(candidate)
+            gate = self.gate_activation
+            new_cell = gate(input_gate) * torch.tanh(candidate)
             if cell is not None:
-                new_cell = new_cell + torch.sigmoid(forget_gate) * cell
+                new_cell = new_cell + gate(forget_gate) * cell
             cell = new_cell
-            hidden = torch.sigmoid(output_gate) * torch.tanh(cell)
+            hidden = gate(output_gate) * torch.tanh(cell)
         if hidden is None:
             raise ValueError("ConvLSTM2d needs a sequence of at least one tensor")
         return hidden
@@ -182,3 +189,50 @@ def validate_positive_ints(name: str, values: Sequence[int], length: int) -> Non
     """Raises ``ValueError`` unless ``values`` holds ``length`` positive integers."""
     if len(values) != length or not all(isinstance(value, int) and value > 0 for value in values):
         raise ValueError(f"{name} must be {length} positive integers, got {list(values)!r}")
+
+
+# Keras' default batch-norm epsilon (PyTorch's is 1e-5).
+KERAS_BATCH_NORM_EPSILON = 1e-3
+
+
+def keras_hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Keras 2 ``hard_sigmoid``: clip(0.2 x + 0.5, 0, 1), elementwise (not torch's x / 6 + 0.5)."""
+    return torch.clamp(0.2 * x + 0.5, 0.0, 1.0)
+
+
+def tensorflow_same_padding(size: Sequence[int], convolution: nn.Module) -> tuple[int, ...]:
+    """F.pad amounts that make ``convolution`` (built with padding 0) compute TensorFlow's "same".
+
+    TensorFlow pads total = max((ceil(n / s) - 1) * s + d * (k - 1) + 1 - n, 0) per axis, floor(total / 2)
+    before and the rest after: a 3x3 stride-2 convolution of an even size pads 0 before and 1 after,
+    and strides 4, 8, 16 pad nothing at all. Returns F.pad's order (last axis first).
+    """
+    padding = []
+    for length, kernel, stride, dilation in zip(size, convolution.kernel_size, convolution.stride, convolution.dilation):
+        total = max((-(-length // stride) - 1) * stride + dilation * (kernel - 1) + 1 - length, 0)
+        padding.append((total // 2, total - total // 2))
+    return tuple(amount for pair in reversed(padding) for amount in pair)
+
+
+def add_zero_bias(convolution: nn.Module) -> None:
+    """Gives a bias-free convolution a (zero) bias parameter, as the Keras layer it must mirror has."""
+    if convolution.bias is None:
+        convolution.bias = nn.Parameter(torch.zeros(convolution.out_channels))
+
+
+def use_keras_arithmetic(model: nn.Module) -> None:
+    """Makes a built port compute what its authors' Keras model computes, in place.
+
+    Batch norm epsilon 1e-3, TensorFlow's "same" padding in every :class:`ConvNormActivation`
+    (asymmetric for strided convolutions), a bias on every convolution of those blocks (Keras'
+    ``use_bias=True`` default, even before batch norm) and hard_sigmoid ConvLSTM gates.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eps = KERAS_BATCH_NORM_EPSILON
+        elif isinstance(module, ConvNormActivation):
+            module.tensorflow_padding = True
+            module.conv.padding = (0,) * len(module.conv.kernel_size)
+            add_zero_bias(module.conv)
+        elif isinstance(module, ConvLSTM2d):
+            module.gate_activation = keras_hard_sigmoid

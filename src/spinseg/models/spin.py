@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .base import RemembersConfig
 from .blocks import (
     Conv2dBlock,
     DecoderBlock,
@@ -275,7 +276,7 @@ class SegmentationDecoder(nn.Module):
         return logits_2x, self.learnable_downsampler(features_2x, logits_2x)
 
 
-class SPiN(nn.Module):
+class SPiN(RemembersConfig):
     """SPiN network: x (B, C, H, W) -> final logits (B, 1, H, W); any H, W (odd sizes included)."""
 
     def __init__(self, config: SPiNConfig | None = None, **overrides):

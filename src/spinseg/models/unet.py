@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import RemembersConfig
 from .blocks import Conv2dBlock, DecoderBlock, initialize_weights
 
 SUBNETWORK_NAMES = ("encoder_segmentation", "decoder_segmentation")
@@ -40,15 +41,16 @@ class VGGBlock(nn.Module):
 class VGG13Encoder(nn.Module):
     """VGG-13-style encoder: (B, C, H, W) -> latent at H/32 and skips at H/2, H/4, H/8, H/16.
 
-    The first stage is a 5x5 stride-2 convolution followed by one 3x3 convolution; every later
-    stage has two 3x3 convolutions, the second with stride 2.
+    As in the release's ``VGGNetEncoder``: the first stage is a 5x5 convolution with stride 1
+    followed by one 3x3 convolution with stride 2 (so the 5x5 kernel sees the full-resolution
+    image); every later stage has two 3x3 convolutions, the second with stride 2.
     """
 
     def __init__(self, in_channels: int, n_filters: Sequence[int], activation: str, use_batch_norm: bool):
         super().__init__()
         self.conv1 = nn.Sequential(
-            Conv2dBlock(in_channels, n_filters[0], 5, 2, activation, use_batch_norm),
-            VGGBlock(n_filters[0], n_filters[0], 1, 1, activation, use_batch_norm),
+            Conv2dBlock(in_channels, n_filters[0], 5, 1, activation, use_batch_norm),
+            VGGBlock(n_filters[0], n_filters[0], 1, 2, activation, use_batch_norm),
         )
         stages = [VGGBlock(n_filters[i - 1], n_filters[i], 2, 2, activation, use_batch_norm) for i in range(1, 5)]
         self.conv2, self.conv3, self.conv4, self.conv5 = stages
@@ -81,7 +83,7 @@ class GenericDecoder(nn.Module):
         return self.output(x)
 
 
-class UNet(nn.Module):
+class UNet(RemembersConfig):
     """Release U-Net: x (B, C, H, W) -> logits (B, 1, H, W); predicts at H/2 and upsamples bilinearly."""
 
     PUBLISHED_FILTERS = (64, 128, 256, 512, 1024)

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import RemembersConfig
 from .blocks import Conv2dBlock, UpsampleConvBlock, activation_from_name, initialize_weights
-from .layers_extra import crop_to_size, pad_to_multiple, validate_common_options, validate_padding_mode
+from .layers_extra import add_zero_bias, crop_to_size, pad_to_multiple, use_keras_arithmetic, validate_common_options, validate_padding_mode
 
 SIMILARITY_MODES = ("dot_product", "softmax")
 
@@ -131,7 +132,7 @@ class XNetDecoderStage(nn.Module):
         return self.block(torch.cat([skip, upsampled], dim=1))
 
 
-class XNet(nn.Module):
+class XNet(RemembersConfig):
     """X-Net: x (B, in_channels, H, W) -> logits (B, 1, H, W) for any H, W.
 
     Keyword arguments (defaults = the paper's / release's settings):
@@ -143,6 +144,10 @@ class XNet(nn.Module):
         activation_func: "relu"; use_batch_norm: True; weight_initializer: "kaiming_normal"
             (the release's "he_normal").
         padding_mode: how inputs are padded to a multiple of 2**(L - 1) ("replicate" or "zeros").
+        keras_release: False (what we train). True builds the authors' Keras model exactly, so its
+            weights load (:mod:`spinseg.models.keras_weights`): a bias on every non-depthwise
+            convolution outside the FSM's 1x1 projections (Keras' default, even before batch norm)
+            and batch-norm epsilon 1e-3 instead of 1e-5.
 
     Parameters at defaults: 15,058,444. The paper reports 15.1M: the release's Keras model has
     15,117,647 weights, counting the 13,889 biases of its convolutions before batch norm (bias-free
@@ -165,9 +170,15 @@ class XNet(nn.Module):
         use_batch_norm: bool = True,
         weight_initializer: str = "kaiming_normal",
         padding_mode: str = "replicate",
+        keras_release: bool = False,
     ):
         super().__init__()
         n_filters = list(n_filters)
+        self.config = {
+            "input_channels": input_channels, "n_filters": n_filters, "fsm_reduction": fsm_reduction,
+            "fsm_similarity": fsm_similarity, "activation_func": activation_func, "use_batch_norm": use_batch_norm,
+            "weight_initializer": weight_initializer, "padding_mode": padding_mode, "keras_release": keras_release,
+        }
         validate_xnet_config(input_channels, n_filters, fsm_reduction, fsm_similarity, use_batch_norm)
         validate_common_options(activation_func, weight_initializer)
         validate_padding_mode(padding_mode)
@@ -190,6 +201,11 @@ class XNet(nn.Module):
             for index in reversed(range(self.n_stages - 1))
         )
         self.output = nn.Conv2d(n_filters[0], 1, kernel_size=1, bias=True)
+        if keras_release:
+            use_keras_arithmetic(self)
+            for module in self.modules():
+                if isinstance(module, Conv2dBlock):
+                    add_zero_bias(module.conv)
         initialize_weights(self, weight_initializer)
 
     def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

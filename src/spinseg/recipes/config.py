@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -16,109 +17,147 @@ from spinseg.constants import ATLAS_MEAN, ATLAS_STD
 from spinseg.errors import UserInputError
 
 
+def option(default, help: str, aliases: tuple[str, ...] = ()):
+    """A dataclass field with its ``--help`` text (and other flag spellings) in the metadata.
+
+    A list default is copied per instance (``default_factory``), so instances never share it.
+    """
+    metadata = {"help": help, "aliases": aliases}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# The common spelling of a concept across commands (docs/cli.md); the release's name stays the field's.
+MODEL_FLAG, CHECKPOINT_FLAG, OUTPUT_FLAG, BATCH_FLAG = ("--model",), ("--checkpoint",), ("--output",), ("--batch_size",)
+FROM_CHECKPOINT = "default: from the checkpoint's preprocessing record, else the model's recipe"
+
+
 @dataclass
 class TrainConfig:
     """Everything ``python -m spinseg.train`` takes; defaults are the paper's SPiN recipe on ATLAS."""
 
     # Data: text files listing .npy volumes, line k of scans paired with line k of ground truths.
-    train_multimodal_scan_paths: str = "training/atlas/traintest/train_scans.txt"
-    train_ground_truth_path: str = "training/atlas/traintest/train_ground_truths.txt"
-    val_multimodal_scan_paths: str = ""
-    val_ground_truth_path: str = ""
+    train_multimodal_scan_paths: str = option("training/atlas/traintest/train_scans.txt", "list file of training scans (.npy), one a line")
+    train_ground_truth_path: str = option("training/atlas/traintest/train_ground_truths.txt", "list file of training masks, line k pairs with scan k")
+    val_multimodal_scan_paths: str = option("", "list file of validation scans; empty: no validation")
+    val_ground_truth_path: str = option("", "list file of validation masks (with --val_multimodal_scan_paths)")
     # Model: name in the registry; its config from --model_config (JSON) plus n_chunk.
-    model_name: str = "spin"
-    model_config: str = ""
+    model_name: str = option("spin", "network: spin, unet, dunet, clcinet, kiunet or xnet", MODEL_FLAG)
+    model_config: str = option("", "JSON object (or JSON file) of constructor arguments; empty: the model's defaults")
     # Input: n_chunk adjacent axial slices; crop_shape trains on crops (CPU recipes), empty = full slices.
-    n_batch: int = 8
-    n_chunk: int = 5
-    crop_shape: list[int] = field(default_factory=list)
-    dataset_normalization: str = "standard"
-    dataset_means: list[float] = field(default_factory=lambda: [ATLAS_MEAN])
-    dataset_stddevs: list[float] = field(default_factory=lambda: [ATLAS_STD])
+    n_batch: int = option(8, "slices per optimiser step (all processes together)", BATCH_FLAG)
+    n_chunk: int = option(5, "adjacent axial slices stacked as input channels (odd)")
+    crop_shape: list[int] = option([], "train on random crops HEIGHT WIDTH; empty: whole slices")
+    dataset_normalization: str = option("standard", "intensity normalisation: standard ((x - mean) / std) or none")
+    dataset_means: list[float] = option([ATLAS_MEAN], "mean per input channel (one value: all channels)")
+    dataset_stddevs: list[float] = option([ATLAS_STD], "standard deviation per input channel")
     # Optimisation: learning_rates[i] holds until epoch learning_schedule[i]; the last entry ends training.
-    learning_rates: list[float] = field(default_factory=lambda: [3e-4, 1e-4, 5e-5])
-    learning_schedule: list[int] = field(default_factory=lambda: [400, 1400, 1600])
-    w_weight_decay: float = 0.0
+    learning_rates: list[float] = option([3e-4, 1e-4, 5e-5], "Adam learning rate per schedule segment")
+    learning_schedule: list[int] = option([400, 1400, 1600], "epoch at which each learning rate ends; the last ends training")
+    w_weight_decay: float = option(0.0, "Adam weight decay")
     # Sampling: pick a slice containing lesion with this probability (-1 in a schedule = forever).
-    positive_class_sample_rates: list[float] = field(default_factory=lambda: [0.95])
-    positive_class_sample_schedule: list[int] = field(default_factory=lambda: [-1])
+    positive_class_sample_rates: list[float] = option([0.95], "probability of drawing a slice with lesion, per segment")
+    positive_class_sample_schedule: list[int] = option([-1], "epoch at which each sample rate ends (-1: never)")
     # Augmentation: probability per schedule segment, then each transform with probability 0.5.
-    augmentation_probabilities: list[float] = field(default_factory=lambda: [1.0, 0.5])
-    augmentation_schedule: list[int] = field(default_factory=lambda: [1400, 1600])
-    augmentation_flip_type: list[str] = field(default_factory=lambda: ["horizontal", "vertical"])
-    augmentation_rotate: float = 30.0
-    augmentation_noise_type: str = "gaussian"
-    augmentation_noise_spread: float = 1e-2
-    augmentation_resize_and_pad: list[float] = field(default_factory=lambda: [1.0, 1.1])
+    augmentation_probabilities: list[float] = option([1.0, 0.5], "probability of augmenting a batch, per segment")
+    augmentation_schedule: list[int] = option([1400, 1600], "epoch at which each augmentation probability ends")
+    augmentation_flip_type: list[str] = option(["horizontal", "vertical"], "flips to draw from")
+    augmentation_rotate: float = option(30.0, "largest rotation in degrees")
+    augmentation_noise_type: str = option("gaussian", "additive noise kind")
+    augmentation_noise_spread: float = option(1e-2, "noise standard deviation (normalised units)")
+    augmentation_resize_and_pad: list[float] = option([1.0, 1.1], "zoom factor range LOW HIGH (resize, then crop or pad)")
     # Loss: BCE with logits on the final logits, positive class weighted.
-    loss_func_segmentation: str = "cross_entropy"
-    w_positive_class: float = 1.5
+    loss_func_segmentation: str = option("cross_entropy", "loss: cross_entropy (binary, with logits)")
+    w_positive_class: float = option(1.5, "weight of lesion pixels in the loss")
     # Bookkeeping.
-    n_summary: int = 1000
-    n_checkpoint: int = 1000
-    n_validation: int = 1000
-    checkpoint_path: str = "trained_spin/atlas/spin_traintest"
-    restore_path: str = ""
-    resume: bool = False
-    max_steps: int = -1
+    n_summary: int = option(1000, "steps between tensorboard summaries")
+    n_checkpoint: int = option(1000, "steps between checkpoints")
+    n_validation: int = option(1000, "steps between validations (0: none)")
+    checkpoint_path: str = option("trained_spin/atlas/spin_traintest", "output folder: checkpoints/, tensorboard/, config.json", OUTPUT_FLAG)
+    restore_path: str = option("", "start from this checkpoint's weights (and optimiser state)", CHECKPOINT_FLAG)
+    resume: bool = option(False, "continue the newest complete checkpoint in the output folder")
+    max_steps: int = option(-1, "stop after this many steps (-1: the whole schedule)")
     # Runtime.
-    device: str = "auto"
-    n_workers: int = 4
-    n_thread: int = 0
-    seed: int = 1
-    deterministic: bool = False
-    amp: bool = False
-    compile: bool = False
-    channels_last: bool = True  # NHWC training (spinseg.fast_training); --no-channels_last for the plain layout
-    val_batch_size: int = 16
+    device: str = option("auto", "auto, cpu or cuda")
+    n_workers: int = option(4, "data-loading worker processes")
+    n_thread: int = option(0, "torch CPU threads (0: torch's default)")
+    seed: int = option(1, "random seed")
+    deterministic: bool = option(False, "deterministic algorithms (slower)")
+    amp: bool = option(False, "bfloat16 autocast (GPUs; CPUs with AVX512-BF16 or AMX)")
+    compile: bool = option(False, "torch.compile the model")
+    # NHWC training (spinseg.acceleration.training); --no-channels_last for the plain layout.
+    channels_last: bool = option(True, "channels-last (NHWC) training")
+    val_batch_size: int = option(16, "slices per forward pass during validation")
 
 
 @dataclass
 class EvaluateConfig:
-    """Everything ``python -m spinseg.evaluate`` takes."""
+    """Everything ``python -m spinseg.evaluate`` takes.
 
-    multimodal_scan_paths: str = "testing/atlas/traintest/test_scans.txt"
-    ground_truth_path: str = "testing/atlas/traintest/test_ground_truths.txt"
-    small_lesion_only: bool = False
-    small_lesion_slices_path: str = ""
-    model_name: str = "spin"
-    model_config: str = ""
-    restore_path: str = ""
-    n_chunk: int = 5
-    dataset_normalization: str = "standard"
-    dataset_means: list[float] = field(default_factory=lambda: [ATLAS_MEAN])
-    dataset_stddevs: list[float] = field(default_factory=lambda: [ATLAS_STD])
-    output_path: str = "outputs/spin_evaluation"
-    method_name: str = ""
-    metrics: list[str] = field(default_factory=lambda: ["release", "challenge", "size"])
-    do_visualize_predictions: bool = False
-    save_prediction_nifti: bool = False
-    reference_nifti: str = ""
-    test_time_flip: bool = False
+    The preprocessing fields (model, its config, slices, normalisation, threshold) are None unless
+    given: they then come from the checkpoint (``spinseg.recipes.preprocessing``).
+    """
+
+    multimodal_scan_paths: str = option("testing/atlas/traintest/test_scans.txt", "list file of test scans (.npy), one a line")
+    ground_truth_path: str = option("testing/atlas/traintest/test_ground_truths.txt", "list file of test masks, line k pairs with scan k")
+    small_lesion_only: bool = option(False, "kept for the release's scripts (use --small_lesion_slices_path)")
+    small_lesion_slices_path: str = option("", "list file of per-subject slice-index files for Table 3")
+    recipe: str = option("", "named recipe (spinseg.recipes.named) for what the checkpoint does not record")
+    model_name: str | None = option(None, f"network ({FROM_CHECKPOINT})", MODEL_FLAG)
+    model_config: str = option("", "JSON object (or file) of constructor arguments over the checkpoint's")
+    restore_path: str = option("", "checkpoint to evaluate (ours, .safetensors or the release's)", CHECKPOINT_FLAG)
+    n_chunk: int | None = option(None, f"stacked slices ({FROM_CHECKPOINT})")
+    dataset_normalization: str | None = option(None, f"standard or none ({FROM_CHECKPOINT})")
+    dataset_means: list[float] | None = option(None, f"mean per input channel ({FROM_CHECKPOINT})")
+    dataset_stddevs: list[float] | None = option(None, f"standard deviation per input channel ({FROM_CHECKPOINT})")
+    threshold: float | None = option(None, f"mask = probability > threshold ({FROM_CHECKPOINT})")
+    output_path: str = option("outputs/spin_evaluation", "output folder of results.txt, report.md, plots", OUTPUT_FLAG)
+    method_name: str = option("", "row label in the tables (default: the model's display name)")
+    metrics: list[str] = option(["release", "challenge", "size"], "metric groups: release, challenge, size, boundary (HD95, ASSD, NSD)")
+    do_visualize_predictions: bool = option(False, "write a PNG panel per slice with lesion")
+    save_prediction_nifti: bool = option(False, "write each predicted mask as NIfTI")
+    reference_nifti: str = option("", "NIfTI whose affine the written masks get (default: MNI152)")
+    test_time_flip: bool = option(False, "average with the left-right flipped slice")
     # The optimised path (batch norm folded into convolutions, channels-last, all-background slices
     # skipped) gives the same masks as the plain one (docs/performance.md); --plain_inference for the latter.
-    plain_inference: bool = False
-    batch_size: int = 8
-    device: str = "auto"
-    n_thread: int = 0
-    amp: bool = False
-    voxel_volume_ml: float = 0.001
+    plain_inference: bool = option(False, "run the model as loaded (no folded batch norm, no skipping)")
+    batch_size: int = option(8, "slices per forward pass", ("--n_batch",))
+    device: str = option("auto", "auto, cpu or cuda")
+    n_thread: int = option(0, "torch CPU threads (0: torch's default)")
+    amp: bool = option(False, "bfloat16 autocast (GPUs; CPUs with AVX512-BF16 or AMX)")
+    voxel_volume_ml: float = option(0.001, "volume of one voxel in ml (lesion volumes)")
+    boundary_tolerance_mm: float = option(2.0, "tolerance of the normalised surface Dice in mm (--metrics boundary)")
+
+
+def flag_type(hint):
+    """(type, is_list) of a field's annotation: ``list[float] | None`` -> (float, True)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = [item for item in typing.get_args(hint) if item is not type(None)]
+    if typing.get_origin(hint) is list:
+        (element,) = typing.get_args(hint)
+        return element, True
+    return hint, False
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """Adds one ``--<field>`` flag per dataclass field, typed and defaulted from the field."""
+    """Adds one ``--<field>`` flag per dataclass field (plus its aliases), typed, defaulted and
+    explained from the field: ``--help`` shows each flag's meaning and default."""
     hints = typing.get_type_hints(cls)
     for item in dataclasses.fields(cls):
-        hint = hints[item.name]
         default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
-        flag = f"--{item.name}"
-        if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif typing.get_origin(hint) is list:
-            (element,) = typing.get_args(hint)
-            parser.add_argument(flag, nargs="*", type=element, default=default)
+        flags = [f"--{item.name}", *item.metadata.get("aliases", ())]
+        text = item.metadata.get("help", "")
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        help_text = f"{text} (default: {shown})" if default is not None and "default:" not in text else text
+        help_text = help_text.replace("%", "%%")
+        element, is_list = flag_type(hints[item.name])
+        if element is bool:
+            parser.add_argument(*flags, dest=item.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif is_list:
+            parser.add_argument(*flags, dest=item.name, nargs="*", type=element, default=default, help=help_text)
         else:
-            parser.add_argument(flag, type=hint, default=default)
+            parser.add_argument(*flags, dest=item.name, type=element, default=default, help=help_text)
 
 
 def config_from_namespace(cls, namespace: argparse.Namespace):

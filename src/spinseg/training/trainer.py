@@ -32,15 +32,19 @@ from spinseg.data.volumes import (
 from spinseg.errors import UserInputError, fail, warn
 from spinseg.evaluation.metrics import mean_over_subjects, release_metrics
 from spinseg.io.files import write_json
+from spinseg.io.progress import progress_bar
 from spinseg.models import build_model
 from spinseg.models.checkpoint import (
+    load_model,
     load_state_dict_checked,
     model_from_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
+from spinseg.models.keras_weights import is_hdf5_file
 from spinseg.models.model_config import model_input_config, parse_model_config
 from spinseg.recipes.config import TrainConfig, schedule_value, validate_train_config
+from spinseg.recipes.preprocessing import preprocessing_record
 from spinseg.training.run_folder import (
     CHECKPOINT_PATTERN,
     check_free_space,
@@ -145,6 +149,7 @@ def train(config: TrainConfig) -> dict:
     channels_per_slice = 3 if two_dimensional else 1
     model_config = model_input_config(config.model_name, config.n_chunk, channels_per_slice, parse_model_config(config.model_config))
     model = build_model(config.model_name, **model_config)
+    model.preprocessing = preprocessing_record(config)  # saved in every checkpoint: evaluate/predict need no flags
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=config.learning_rates[0], weight_decay=config.w_weight_decay
     )
@@ -158,9 +163,12 @@ def train(config: TrainConfig) -> dict:
             restore, checkpoint = found
             check_resume_config(restore, checkpoint.get("train_config", {}), config)
             print(f"resuming from {restore}", flush=True)
-    if restore:
+    if restore and is_hdf5_file(restore):  # the authors' Keras weights: no optimizer or training state
+        checkpoint, loaded = {}, load_model(restore, config.model_name, **model_config)
+    elif restore:
         checkpoint = checkpoint if checkpoint is not None else read_checkpoint(restore)
         loaded = model_from_checkpoint(checkpoint, restore, config.model_name, **model_config)
+    if restore:
         # Strict, one-line check: a checkpoint of another configuration names the keys that differ.
         load_state_dict_checked(model, loaded.state_dict(), restore, f"model {config.model_name!r} as configured")
         if "optimizer_state_dict" in checkpoint:
@@ -280,9 +288,7 @@ def train(config: TrainConfig) -> dict:
             flush=True,
         )
 
-    from tqdm import tqdm
-
-    progress = tqdm(total=total_steps, initial=step, disable=not context.is_main, desc="train", dynamic_ncols=True)
+    progress = progress_bar(total=total_steps, initial=step, enabled=context.is_main, desc="train", dynamic_ncols=True)
     model.train()
     loss_value, start_time, start_step = resumed_loss, time.time(), step
     while step < total_steps:
