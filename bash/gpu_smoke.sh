@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU smoke test (issue 17): the CUDA paths end to end in a few minutes on one GPU.
+# GPU smoke test: the CUDA paths end to end in a few minutes on one GPU.
 #
 #   bash bash/gpu_smoke.sh                      # on CUDA (GPU 0; torchrun check with >= 2 GPUs)
 #   DEVICE=cpu STEPS=4 bash bash/gpu_smoke.sh   # the same commands on a CPU (run by tests/test_gpu_smoke.py)

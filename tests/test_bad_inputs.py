@@ -176,6 +176,36 @@ def blocked_checkpoint_folder(workspace: Workspace) -> Path:
     return run
 
 
+def nifti_scan(workspace: Workspace, name: str, array: np.ndarray, voxel_mm: float = 1.0) -> str:
+    """Writes ``array`` as ``<name>.nii.gz`` (RAS, ``voxel_mm`` voxels, centred on the origin) and returns its path."""
+    import nibabel as nib
+
+    affine = np.diag([voxel_mm] * 3 + [1.0])
+    affine[:3, 3] = -voxel_mm * (np.asarray((tuple(array.shape) + (1, 1, 1))[:3]) - 1) / 2
+    path = workspace.path(f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(array.astype(np.float32), affine), path)
+    return str(path)
+
+
+def bids_without_t1w(workspace: Workspace) -> str:
+    """A BIDS dataset whose only subject has a FLAIR but no T1w scan."""
+    root = workspace.path("bids_no_t1w")
+    (root / "sub-01" / "anat").mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text('{"Name": "no T1w", "BIDSVersion": "1.9.0"}')
+    nifti_scan(workspace, "bids_no_t1w/sub-01/anat/sub-01_FLAIR", np.ones((8, 8, 8)))
+    return str(root)
+
+
+def predict(workspace: Workspace, name: str, inputs: str, *extra: str) -> list[str]:
+    """A predict command of the release-format fixture writing to ``pred_<name>``; ``extra`` flags added."""
+    return ["-m", "spinseg.predict", "--checkpoint", str(RELEASE_CHECKPOINT), "--model_config", SMALL_SPIN_CONFIG,
+            "--device", "cpu", "--input", inputs, "--output", str(workspace.path(f"pred_{name}")), *extra]
+
+
+NOISE_HEAD = np.random.default_rng(14).uniform(0, 100, (64, 64, 64))  # 3 mm voxels: a head-sized box of noise
+SLAB = np.random.default_rng(15).uniform(0, 100, (180, 200, 12))  # 12 slices of 1 mm: misses most of any brain
+
+
 def mask_folders(workspace: Workspace, name: str, prediction: np.ndarray | str | None = None,
                  prediction_affine: np.ndarray | None = None) -> tuple[Path, Path]:
     """Folders ``<name>_pred`` and ``<name>_gt`` with NIfTI masks of subjects a and b; subject a's prediction
@@ -557,6 +587,24 @@ def empty_folder(workspace: Workspace, name: str) -> Path:
     return folder
 
 
+# predict: scans the registration cannot use, and a BIDS dataset without T1w.
+CASES += [
+    Case("predict_2d_image", "predict: 2-D NIfTI image",
+         lambda w: predict(w, "flat", nifti_scan(w, "flat_scan", np.ones((32, 32))), "--register"), ("flat_scan.nii.gz", "2-D")),
+    Case("predict_4d_image", "predict: 4-D NIfTI image (3 volumes)",
+         lambda w: predict(w, "four_d", nifti_scan(w, "four_d_scan", np.ones((16, 16, 16, 3))), "--register"),
+         ("four_d_scan.nii.gz", "4-D", "one 3-D T1")),
+    Case("predict_registration_fails", "predict --register: an image that is no head (noise)",
+         lambda w: predict(w, "noise", nifti_scan(w, "noise_scan", NOISE_HEAD, voxel_mm=3.0), "--register"),
+         ("noise_scan.nii.gz", "registration to MNI152 failed", "correlation")),
+    Case("predict_fov_misses_brain", "predict --register: a field of view of 12 slices",
+         lambda w: predict(w, "slab", nifti_scan(w, "slab_scan", SLAB), "--register"),
+         ("slab_scan.nii.gz", "field of view is 12 mm")),
+    Case("predict_bids_without_t1w", "predict: BIDS dataset with no *_T1w scan",
+         lambda w: predict(w, "bids", bids_without_t1w(w)), ("bids_no_t1w", "no sub-*/[ses-*/]anat/*_T1w")),
+]
+
+
 def run_cases(root: Path, cases: list[Case]) -> dict[str, tuple[list[str], subprocess.CompletedProcess]]:
     """Builds every case in ``root`` and runs them, a few at a time (they mostly wait on imports)."""
     workspace = Workspace(root)
@@ -585,6 +633,7 @@ def test_bad_input_gets_one_line_and_exit_code_2(case, case_results):
     # Nothing half-written: no run's checkpoint folder and no evaluation's output folder was created.
     assert not [path for path in root.glob("run_*") if path.is_dir()]
     assert not [path for path in root.glob("eval_*") if path.is_dir()]
+    assert not [path for path in root.glob("pred_*/**/*") if path.suffix in (".gz", ".png", ".tfm", ".json")]
     assert not [path for path in root.glob("score_*") if path.is_dir()]
 
 

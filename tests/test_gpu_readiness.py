@@ -15,7 +15,7 @@ from spinseg.errors import UserInputError
 from spinseg.experiments.memory import LiveTensorBytes, recipe_memory
 from spinseg.recipes.config import TrainConfig
 from spinseg.training.epoch_loader import EpochSettingsDataset, EpochSettingsSampler
-from helpers import SMALL_SPIN_CONFIG, write_volume_set
+from conftest import SMALL_SPIN_CONFIG, write_volume_set
 
 
 # ---- device strings ---------------------------------------------------------------------------

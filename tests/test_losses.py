@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import SMALL_SPIN_CONFIG, write_volume_set
+from conftest import SMALL_SPIN_CONFIG, write_volume_set
 from spinseg.errors import UserInputError
 from spinseg.recipes.config import LOSS_NAMES, TrainConfig, validate_train_config
 from spinseg.recipes.named import train_defaults

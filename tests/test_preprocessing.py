@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from helpers import SMALL_SPIN_CONFIG, write_volume_set
+from conftest import SMALL_SPIN_CONFIG, write_volume_set
 from spinseg.checkpoint import save_checkpoint
 from spinseg.cli import predict as predict_cli
 from spinseg.constants import ATLAS_MEAN, ATLAS_STD

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import spinseg
-from helpers import SMALL_SPIN_CONFIG, write_volume_set
+from conftest import SMALL_SPIN_CONFIG, write_volume_set
 from spinseg.errors import UserInputError
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import SMALL_SPIN_CONFIG, write_volume_set
+from conftest import SMALL_SPIN_CONFIG, write_volume_set
 from spinseg.evaluation.metrics import bootstrap_interval, pooled_dice_of_counts
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -14,3 +14,7 @@ SMALL_LESION_MAX_PIXELS = 100
 ATLAS_T1_SUFFIX = "_t1w_stx"
 ATLAS_T1_DEFACED_SUFFIX = "_t1w_deface_stx"
 ATLAS_MASK_SUFFIX = "_LesionSmooth_stx"
+
+# Lesion-size bins of the size analysis, as upper edges in voxels (1 mm^3 each on ATLAS): <=100,
+# 101-1,000, 1,001-10,000 and >10,000 voxels. Shared by the evaluator and predict's lesion report.
+DEFAULT_SIZE_BINS = (100, 1000, 10000)

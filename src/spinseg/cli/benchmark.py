@@ -10,6 +10,7 @@ import torch
 from spinseg.acceleration.allocator import tune_glibc_malloc
 from spinseg.constants import ATLAS_SHAPE
 from spinseg.errors import UserInputError, cli_entry
+from spinseg.experiments import benchmark as benchmark_module
 from spinseg.experiments.benchmark import (
     PHASE_RESULT_PREFIX,
     PHASES,
@@ -20,7 +21,7 @@ from spinseg.experiments.benchmark import (
     write_results,
 )
 
-DESCRIPTION = "Speed and memory benchmark: ``python -m spinseg.benchmark`` (plain eager path vs the optimised one).\n\nFor every model of the registry that imports (or those given with ``--models``), on synthetic\nmemory-mapped volumes of the ATLAS shape, in one run on one machine:\n\n* parameters and forward GFLOP per slice (``torch.utils.flop_counter.FlopCounterMode``);\n* inference seconds per volume: :func:`spinseg.inference.predictor.predict_volume` with the plain\n  options against the optimised ones (folded batch norm, channels-last, background slices\n  skipped), their achieved GFLOP/s and its fraction of a measured fp32 matmul rate;\n* training slices per second: a plain eager Adam step against a channels-last one (and\n  ``torch.compile`` with ``--compile``);\n* with ``--bf16`` (default: where the device computes bf16 in hardware, e.g. CPUs with\n  AVX512-BF16), the optimised inference and training paths once more under bf16 autocast\n  (``--amp`` of the commands), against the same fp32 plain path, checked with the bf16 tolerance\n  and their GFLOP/s set against a bf16 matmul;\n* peak memory per phase (CPU: peak RSS above the phase's start, each phase in a fresh process by\n  default; GPU: ``torch.cuda.max_memory_allocated``);\n* data loading slices per second from a ``SliceTrainingDataset`` (0 workers vs ``--n_workers``).\n\nThe optimised outputs are checked against the plain ones (PASS/FAIL with the max abs difference);\nany FAIL makes the exit code 1. Results go to a table on stdout and to ``--output_json``."
+DESCRIPTION = benchmark_module.__doc__  # the command's description is its module's docstring
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m spinseg.benchmark", description=DESCRIPTION.split("\n\n")[0])

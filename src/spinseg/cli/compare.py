@@ -7,11 +7,12 @@ import sys
 
 from spinseg.acceleration.allocator import tune_glibc_malloc
 from spinseg.errors import UserInputError, cli_entry
+from spinseg.experiments import compare as compare_module
 from spinseg.experiments.compare import (
     compare,
 )
 
-DESCRIPTION = 'Train and evaluate several models on the same data with the same budget; Tables 2 and 3 side by side.\n\n    python -m spinseg.compare --models spin unet dunet clcinet kiunet xnet \\\n        --train_scans training/atlas/traintest/train_scans.txt --train_ground_truths ... \\\n        --test_scans ... --test_ground_truths ... --max_steps 300 --crop_shape 96 96\n\nWrites ``comparison.md``, ``comparison.json``, ``comparison_bar_chart.png`` and a detection-vs-size\nplot with one curve per model into ``--output_dir``.'
+DESCRIPTION = compare_module.__doc__  # the command's description is its module's docstring
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the comparison command."""
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max_test_subjects", type=int, default=0, help="evaluate on the first N test subjects (0 = all)")
     parser.add_argument("--model_overrides", default="", help="JSON {model: {config key: value}}")
-    # Issue 13: the paper's rows from the authors' checkpoints, and spread over seeds.
+    # the paper's rows from the authors' checkpoints, and spread over seeds.
     parser.add_argument("--from_checkpoints", default="",
                         help="folder of the authors' checkpoints (e.g. pretrained_models/): evaluate each with its release "
                         "preset on the test lists, no training; writes release_tables.md (default: '' = train and compare)")

@@ -6,13 +6,14 @@ import sys
 import time
 
 from spinseg.errors import cli_entry
+from spinseg.inference import pretrained as pretrained_module
 from spinseg.inference.pretrained import (
     DEFAULT_OUTPUT_DIR,
     install_release,
     parse_check_configs,
 )
 
-DESCRIPTION = "Install the authors' pretrained models: ``python -m spinseg.download [--zip_path ZIP] [--output_dir pretrained_models]``.\n\nWithout ``--zip_path`` the release zip is fetched from Google Drive with ``gdown`` (optional:\n``pip install gdown``). The host is probed first with a short socket timeout, so that offline the\ncommand fails within seconds with the manual link. With ``--zip_path`` a zip downloaded by hand\nis installed instead.\n\nInstalling is all-or-nothing: the zip is extracted into a temporary folder beside the output\nfolder, checked, and only then are its files moved into ``--output_dir`` one by one; every file\nthere that the release does not bring (your own checkpoints, notes) is kept, and a file the release\nwould replace stops the run unless ``--force``, which moves it aside (``<name>.before-download-<time>``)\nwith a note. What is checked:\n\n* the expected files exist: ``spin/spin_atlas_traintest.pth`` and ``u-net/unet_atlas_traintest.pth``\n  (the zip may hold them at its top level or inside one folder, e.g. ``pretrained_models/``);\n* each loads with :func:`spinseg.checkpoint.load_model` (``torch.load(weights_only=True)``: no\n  code runs; every key and tensor shape must match the network). The network is built with the\n  paper's config unless ``--check_config NAME=JSON`` gives another one (as the tests do with a\n  small model); ``--skip_load_check`` checks only that the files exist;\n* any other ``.pth`` in the zip is only read safely; one that cannot be read is left out with a\n  warning, and one that would run code stops the install (nothing is installed)."
+DESCRIPTION = pretrained_module.__doc__  # the command's description is its module's docstring
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the download command."""

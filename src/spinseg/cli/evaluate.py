@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spinseg.recipes.config import EvaluateConfig, add_dataclass_arguments, config_from_namespace
 from spinseg.acceleration.allocator import tune_glibc_malloc
 from spinseg.errors import cli_entry
+from spinseg.recipes.config import (
+    EvaluateConfig,
+    add_dataclass_arguments,
+    config_from_namespace,
+)
 from spinseg.recipes.named import evaluate_defaults, parse_with_recipe
 
 

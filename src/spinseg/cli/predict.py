@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
 from spinseg.errors import UserInputError, cli_entry, fail
-from spinseg.inference.scan import collect_inputs, load_predict_model, run_predict
-from spinseg.recipes.preprocessing import PreprocessingFlags
+from spinseg.inference import scan as scan_module
+from spinseg.inference.intensity import INTENSITY_MODES
+from spinseg.inference.native import PredictSettings
+from spinseg.inference.scan import load_predict_model
+from spinseg.inference.study import collect_jobs, run_study
 from spinseg.recipes.config import check_numeric_flags
+from spinseg.recipes.preprocessing import PreprocessingFlags
 
-DESCRIPTION = "Segment your own T1 scans: ``python -m spinseg.predict --model spin --checkpoint CKPT --input scan.nii.gz --output OUT``.\n\nThe models were trained on ATLAS R1.2: T1 volumes registered to MNI152 2009 (197 x 233 x 189\nvoxels of 1 mm, the template's affine), sliced along the last axis. Each input scan is therefore\n\n1. read with nibabel (any 3-D NIfTI; a 4-D one whose last dimension is 1 is squeezed and the\n   outputs keep its (X, Y, Z, 1) shape),\n2. resampled (trilinear, in world coordinates, which also handles orientation and axis order)\n   onto the MNI template grid -- skipped when it is already on it,\n3. segmented slice by slice with the 2.5-D model (:func:`spinseg.inference.predictor.predict_volume`\n   over a model from :func:`~spinseg.inference.predictor.prepare_for_inference`: batch norm folded,\n   channels-last; every slice is run, so the probabilities equal the plain path's within float rounding),\n4. its probabilities resampled (trilinear) back onto the INPUT's grid and thresholded there,\n\nso the mask has exactly the input's shape, affine and spatial header and overlays the scan in any\nviewer. No registration is done: a scan that is not in MNI space is still processed (resampled in\nworld coordinates) but a one-line warning says that the models were trained on registered data.\n\nPer scan ``<name>`` the output folder gets ``<name>_lesion_mask.nii.gz`` (uint8 0/1),\n``<name>_report.json``, ``<name>_qc.png`` and, with ``--save_probability``,\n``<name>_lesion_prob.nii.gz`` (float32). All of a scan's files are written to temporary files and\nrenamed only once all of them are complete: a scan that fails leaves nothing. A scan that fails\nprints one line and the others go on; the exit code is then 2.\n\nThe QC montage shows the INPUT grid (the scan and the mask as written, only re-ordered/flipped\nto the closest RAS orientation so that anterior is up; no interpolation), axial slices holding\nlesions, prediction in red. Anisotropic voxels appear stretched."
+DESCRIPTION = scan_module.__doc__  # the command's description is its module's docstring
 
 FROM_CHECKPOINT = "default: from the checkpoint, else the model's recipe"
 
@@ -22,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"registry name of the network: spin, unet, dunet, ... ({FROM_CHECKPOINT}, else spin)")
     parser.add_argument("--checkpoint", "--restore_path", dest="checkpoint", required=True,
                         help="ours (.pth/.safetensors) or the release's .pth")
-    parser.add_argument("--input", nargs="+", required=True, help="T1 NIfTI files (.nii/.nii.gz) or folders of them")
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="T1 NIfTI files (.nii/.nii.gz), folders searched recursively, or BIDS datasets")
     parser.add_argument("--output", "--output_path", dest="output", required=True, help="output folder")
     parser.add_argument("--recipe", default="", help="named recipe for what the checkpoint does not record (default: the model's)")
     parser.add_argument("--model_config", default="", help="JSON object or JSON file of model constructor arguments over the checkpoint's")
@@ -42,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_probability", action="store_true", help="also write <name>_lesion_prob.nii.gz")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs that already exist (default: refuse before any work; inputs are never overwritten)")
+    parser.add_argument("--register", action="store_true",
+                        help="affinely register each scan to MNI152 2009 (SimpleITK), segment there, bring the mask back "
+                             "to the scan's grid; saves <name>_to_mni.tfm (default: off, the scan is only resampled)")
+    parser.add_argument("--intensity", choices=INTENSITY_MODES, default=None,
+                        help="check: warn when brain intensities are far from the training data's; standardize: rescale "
+                             "them to it (default: standardize with --register, else check)")
+    parser.add_argument("--save_mni", action="store_true", help="with --register, also write the MNI-space mask and probabilities")
+    parser.add_argument("--pattern", default="*.nii*", help="file-name pattern of scans inside non-BIDS folders (default: *.nii*)")
+    parser.add_argument("--qc_lesions", type=int, default=6, help="zoomed crops of the largest lesions in the QC picture (default: 6)")
     return parser
 
 
@@ -53,6 +68,10 @@ def check_arguments(arguments: argparse.Namespace) -> None:
     output_dir = Path(arguments.output)
     if output_dir.exists() and not output_dir.is_dir():
         raise fail(output_dir, "--output exists and is not a folder")
+    if arguments.register and importlib.util.find_spec("SimpleITK") is None:
+        raise UserInputError("--register needs SimpleITK: pip install 'spinseg[register]' (or pip install SimpleITK)")
+    if arguments.save_mni and not arguments.register:
+        raise UserInputError("--save_mni needs --register (without it the scan is assumed to be in MNI space already)")
 
 
 @cli_entry
@@ -60,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     """Segments the scans; bad input ends with one line per problem and exit code 2."""
     arguments = build_parser().parse_args(argv)
     check_arguments(arguments)
-    inputs = collect_inputs(arguments.input)
+    jobs = collect_jobs(arguments.input, Path(arguments.output), arguments.pattern)
 
     from spinseg.acceleration.allocator import tune_glibc_malloc
+    from spinseg.models.model_config import parse_model_config
     from spinseg.training.devices import configure_cuda_math
     from spinseg.training.runtime import select_device
-    from spinseg.models.model_config import parse_model_config
 
     tune_glibc_malloc()
     device = select_device(arguments.device)
@@ -77,20 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         arguments.dataset_means, arguments.dataset_stddevs, arguments.threshold, arguments.recipe,
     )
     model, preprocessing = load_predict_model(arguments.checkpoint, flags)
-    from spinseg.inference.predictor import InferenceOptions, prepare_for_inference
+    from spinseg.inference.predictor import prepare_for_inference
 
-    options = InferenceOptions(
-        normalization=preprocessing.normalization(), n_chunk=preprocessing.n_chunk, batch_size=arguments.batch_size,
-        device=device, amp=arguments.amp, test_time_flip=arguments.test_time_flip, prepare=not arguments.plain_inference,
-        threshold=preprocessing.threshold,
+    settings = PredictSettings(
+        preprocessing.n_chunk, preprocessing.normalization(), preprocessing.threshold, arguments.batch_size, device,
+        arguments.test_time_flip, arguments.amp, arguments.register, arguments.intensity, arguments.save_probability,
+        arguments.save_mni, arguments.qc_lesions, prepare=not arguments.plain_inference,
     )
-    model = prepare_for_inference(model.to(device), options)
-    errors = run_predict(
-        model, inputs, Path(arguments.output), options, preprocessing.threshold, arguments.save_probability,
-        report_extra={"model": preprocessing.model_name, "checkpoint": str(arguments.checkpoint),
-                      "preprocessing_from": preprocessing.source}, overwrite=arguments.overwrite,
-    )
-    return 2 if errors else 0
+    model = prepare_for_inference(model.to(device), settings.inference_options())
+    rows = run_study(model, jobs, Path(arguments.output), settings,
+                     report_extra={"model": preprocessing.model_name, "checkpoint": str(arguments.checkpoint),
+                                   "preprocessing_from": preprocessing.source}, overwrite=arguments.overwrite)
+    return 2 if any(row["status"] == "failed" for row in rows) else 0
 
 
 if __name__ == "__main__":

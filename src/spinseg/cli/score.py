@@ -5,13 +5,14 @@ import argparse
 import sys
 
 from spinseg.errors import cli_entry
+from spinseg.evaluation import scoring as scoring_module
 from spinseg.evaluation.scoring import (
     METRIC_GROUPS,
     ScoreConfig,
     score,
 )
 
-DESCRIPTION = 'Score any masks: ``python -m spinseg.score --pred DIR --gt DIR [--output DIR]`` (also ``spinseg score``).\n\nPairs the NIfTI masks of a folder of predictions (any tool: ``spinseg.predict``, nnU-Net, a rater) with\na folder of ground truths and writes what ``spinseg.evaluate`` writes: per-subject CSV/JSON, the Table 2\nrow (release conventions: a zero denominator scores 0), the challenge metrics (Dice with empty vs empty = 1,\nlesion-wise F1 of 26-connected lesions, absolute volume difference in ml, absolute lesion count\ndifference), detection by lesion size, the boundary metrics (HD95, ASSD, NSD in mm; see\n:mod:`spinseg.metrics`) and ``report.md`` with plots.\n\nPairing: a file whose name holds BIDS entities belongs to subject ``sub-X`` (``sub-X_ses-Y`` when it names a\nsession); any other file to its name without ``.nii``/``.nii.gz`` and without ``--pred_suffix`` /\n``--gt_suffix``. With a suffix, only files ending in it are read (so ``--gt_suffix _LesionSmooth_stx``\nskips the T1 scans beside the masks). Folders are searched recursively. Subjects found on one side only\nare listed on stderr and in the outputs, and are not scored.\n\nEach pair must share its grid (shape and affine); voxel spacing and volume come from the header.\nMasks may be binary (0/1 or 0/255), probability maps in [0, 1] (thresholded: ``value > --threshold``) or\nlabel maps, which need ``--label N`` (mask = value == N). Every file is checked before anything is written.'
+DESCRIPTION = scoring_module.__doc__  # the command's description is its module's docstring
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the scoring command."""

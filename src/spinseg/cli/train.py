@@ -4,10 +4,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spinseg.recipes.config import TrainConfig, add_dataclass_arguments, config_from_namespace
 from spinseg.acceleration.allocator import tune_glibc_malloc
 from spinseg.errors import cli_entry
-from spinseg.recipes.named import add_recipe_arguments, train_defaults, parse_with_recipe
+from spinseg.recipes.config import (
+    TrainConfig,
+    add_dataclass_arguments,
+    config_from_namespace,
+)
+from spinseg.recipes.named import (
+    add_recipe_arguments,
+    parse_with_recipe,
+    train_defaults,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

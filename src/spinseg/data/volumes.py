@@ -20,7 +20,7 @@ def read_path_list(path: str | os.PathLike, must_exist: bool = True) -> list[str
         raise fail(path, "path list not found (run the setup script first?)")
     try:
         entries = read_lines(path)
-    except (UnicodeDecodeError, ValueError) as error:  # issue 16: binary junk in a list is one line too
+    except (UnicodeDecodeError, ValueError) as error:  # binary junk in a list is one line too
         raise fail(path, f"not a UTF-8 text file of paths ({type(error).__name__} at byte {getattr(error, 'start', '?')})") from None
     except OSError as error:
         raise fail(path, f"cannot read the path list ({error.strerror or error})") from None
@@ -52,10 +52,10 @@ def load_volume(path: str | os.PathLike, ndim: int | tuple[int, ...] = 3, mmap: 
     path = Path(path)
     if not path.is_file():
         raise fail(path, "file not found")
-    check_npy_file(path)  # issue 16: the header's claim against the file's size and the limit, before allocating
+    check_npy_file(path)  # the header's claim against the file's size and the limit, before allocating
     try:
         volume = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except Exception as error:  # noqa: BLE001 - issue 16: any failure of numpy's parser is the file's fault
+    except Exception as error:  # noqa: BLE001 - any failure of numpy's parser is the file's fault
         raise fail(path, f"not a readable .npy array ({(str(error).splitlines() or [type(error).__name__])[0][:120]})") from None
     allowed = (ndim,) if isinstance(ndim, int) else ndim
     if volume.ndim not in allowed:
@@ -68,7 +68,7 @@ def load_volume(path: str | os.PathLike, ndim: int | tuple[int, ...] = 3, mmap: 
 
 
 def check_volume_contents(scan: np.ndarray, scan_path, mask: np.ndarray, mask_path) -> None:
-    """Issue 16: NaN/Inf voxels (one line with the count) and a "mask" that is no mask (more than two
+    """NaN/Inf voxels (one line with the count) and a "mask" that is no mask (more than two
     distinct values: most often the scan and ground-truth lists were swapped) are refused before any work."""
     check_finite(scan, scan_path)
     check_finite(mask, mask_path)

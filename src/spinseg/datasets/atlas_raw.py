@@ -142,7 +142,7 @@ def load_nifti_volume(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     try:
         image = nib.load(path)
-        check_nifti_header(path, image)  # issue 16: budget and complex check before the voxels are read
+        check_nifti_header(path, image)  # budget and complex check before the voxels are read
         # Reading the data object decompresses the whole file, so truncation shows up here.
         volume = np.asarray(image.dataobj, dtype=np.float32)
     except UserInputError:

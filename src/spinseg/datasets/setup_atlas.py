@@ -75,7 +75,7 @@ def _mtime(path: Path) -> int:
 def is_up_to_date(subject: RawSubject, outputs: tuple[Path, Path]) -> bool:
     """True when both outputs are whole and fit the raw scan, and are no older than every input file.
 
-    Whole (issue 16): each ``.npy`` is exactly as long as its header says, with the scan's shape from
+    Whole: each ``.npy`` is exactly as long as its header says, with the scan's shape from
     the raw NIfTI header and the dtypes setup writes (float32 scan, uint8 mask), so an output that was
     truncated or replaced after the run is redone even when its time looks newer.
     """
@@ -102,7 +102,7 @@ def convert_subject(subject: RawSubject, output_dir: str | os.PathLike, data_for
     """
     scan_relative, mask_relative = output_relative_paths(subject.subject_id, subject.group, data_format)
     scan_output, mask_output = Path(output_dir) / scan_relative, Path(output_dir) / mask_relative
-    remove_stale_temporaries((scan_output, mask_output))  # issue 16: half-written files of a killed run
+    remove_stale_temporaries((scan_output, mask_output))  # half-written files of a killed run
     if is_up_to_date(subject, (scan_output, mask_output)):
         return "up to date"
     scan, mask = load_subject(subject)

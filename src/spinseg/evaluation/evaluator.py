@@ -228,7 +228,7 @@ def read_small_lesion_slices(path: str, n_subjects: int) -> list[np.ndarray]:
                 raise ValueError(f"expected whole numbers, found dtype {values.dtype}")
         except UserInputError:
             raise
-        except Exception as error:  # noqa: BLE001 - issue 16: any parse failure is the file's fault
+        except Exception as error:  # noqa: BLE001 - any parse failure is the file's fault
             raise fail(entry, f"unreadable slice-index file ({(str(error).splitlines() or [type(error).__name__])[0][:120]})") from None
         slices.append(values.astype(np.int64).reshape(-1))
     return slices

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from spinseg.constants import SMALL_LESION_MAX_PIXELS
+from spinseg.constants import DEFAULT_SIZE_BINS, SMALL_LESION_MAX_PIXELS
 from spinseg.lesions import (  # connectivity helpers are part of the public spinseg.metrics API
     component_sizes,
     connectivity_structure,
@@ -39,9 +39,7 @@ RELEASE_EMPTY_SCORE = 0.0
 CHALLENGE_EMPTY_SCORE = 1.0
 EXCLUDED_EMPTY_SCORE = float("nan")
 
-# Lesion-size bins of the size analysis, as upper edges in voxels (1 mm^3 each on ATLAS): <=100,
-# 101-1,000, 1,001-10,000 and >10,000 voxels.
-DEFAULT_SIZE_BINS = (100, 1000, 10000)
+# DEFAULT_SIZE_BINS (lesion-size bins, upper edges in voxels) lives in spinseg.constants and is re-exported here.
 # ATLAS R1.2 is 1 mm isotropic: one voxel is 0.001 ml.
 DEFAULT_VOXEL_VOLUME_ML = 0.001
 

@@ -117,7 +117,7 @@ def safe_extract(zip_path: Path, target: Path) -> None:
             archive.extractall(target)
     except UserInputError:
         raise
-    except Exception as error:  # noqa: BLE001 - issue 16: zlib.error, BadZipFile, CRC errors... are the zip's fault
+    except Exception as error:  # noqa: BLE001 - zlib.error, BadZipFile, CRC errors... are the zip's fault
         raise fail(zip_path, f"cannot extract ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:120]})") from None
 
 
@@ -175,9 +175,9 @@ def check_release(root: Path, zip_label: str, check_configs: dict[str, dict], lo
                 lines.append(f"{path.relative_to(root)}: optional, reads safely (not loaded into a network)")
             except UserInputError as error:
                 reason = str(error).split(": ", 1)[-1]
-                if "could run code" in reason:  # issue 16: never install a file found to be code-running
+                if "could run code" in reason:  # never install a file found to be code-running
                     raise fail(f"{zip_label}:{path.relative_to(root)}", f"{reason}; nothing installed") from None
-                path.unlink()  # issue 16: an unusable optional file is left out, not installed
+                path.unlink()  # an unusable optional file is left out, not installed
                 print(f"warning: {path.relative_to(root)}: optional file not usable, not installed ({reason})",
                       file=sys.stderr, flush=True)
     else:

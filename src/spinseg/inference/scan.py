@@ -183,11 +183,11 @@ def load_scan(path: str | os.PathLike) -> nib.Nifti1Image:
         raise fail(path, "input not found")
     try:
         image = nib.load(path)
-    except Exception as error:  # noqa: BLE001 - issue 16: any failure of nibabel's parser is the file's fault
+    except Exception as error:  # noqa: BLE001 - any failure of nibabel's parser is the file's fault
         raise fail(path, f"not a readable NIfTI image ({describe_read_error(error)})") from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise fail(path, f"not a NIfTI image ({type(image).__name__})")
-    check_nifti_header(path, image)  # issue 16: budget and complex check before any voxel is read
+    check_nifti_header(path, image)  # budget and complex check before any voxel is read
     return image
 
 
@@ -217,7 +217,7 @@ def scan_data(image: nib.Nifti1Image, name: str | os.PathLike = "input") -> np.n
         raise fail(name, "the header's voxel-to-world affine is singular or not finite")
     try:
         data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
-    except Exception as error:  # noqa: BLE001 - issue 16: any decoding failure is the file's fault
+    except Exception as error:  # noqa: BLE001 - any decoding failure is the file's fault
         raise fail(name, f"cannot read the voxels ({describe_read_error(error)})") from None
     finite = np.isfinite(data)
     if not finite.all():
@@ -325,11 +325,7 @@ def predict_scan(
     probabilities = np.clip(probabilities, 0.0, 1.0).astype(np.float32)
     mask = (probabilities > threshold).astype(np.uint8)
     report = {
-        "input_shape": [int(n) for n in image.shape],
-        "input_affine": np.round(grid.affine, 6).tolist(),
-        "input_voxel_size_mm": [round(float(size), 6) for size in voxel_sizes(grid.affine)],
-        "image_voxel_count": int(mask.size),
-        "template_shape": list(template.shape),
+        **input_geometry(image, grid, template),
         "resampled_to_template": not on_template,
         "mni_warning": bool(reasons),
         "mni_warning_reasons": reasons,
@@ -341,6 +337,17 @@ def predict_scan(
     mask_image = output_image(mask.reshape(image.shape), image, "spinseg lesion mask")
     prob_image = output_image(probabilities.reshape(image.shape), image, "spinseg lesion probability")
     return mask_image, prob_image, report
+
+
+def input_geometry(image: nib.Nifti1Image, grid: Grid, template: Grid) -> dict:
+    """The report's description of the input grid and the template it was segmented on."""
+    return {
+        "input_shape": [int(n) for n in image.shape],
+        "input_affine": np.round(grid.affine, 6).tolist(),
+        "input_voxel_size_mm": [round(float(size), 6) for size in voxel_sizes(grid.affine)],
+        "image_voxel_count": int(np.prod(image.shape)),
+        "template_shape": list(template.shape),
+    }
 
 
 def save_qc_montage(image: nib.Nifti1Image, mask_image: nib.Nifti1Image, path, title: str = "", count: int = 12) -> Path:
@@ -464,20 +471,26 @@ def run_predict(
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 16: predict never clobbers a file it did not create in this run, nor any of its inputs.
+# predict never clobbers a file it did not create in this run, nor any of its inputs.
 
 
 def check_predict_outputs(inputs: list[Path], output_dir: Path, save_probability: bool, overwrite: bool) -> None:
+    """:func:`check_planned_outputs` for the outputs :func:`run_predict` writes per input scan."""
+    planned = []
+    for path in inputs:
+        paths = output_paths(output_dir, scan_name(path))
+        planned += [target for key, target in paths.items() if save_probability or key != "probability"]
+    bytes_needed = sum(estimated_output_bytes(path, save_probability) for path in inputs)
+    check_planned_outputs(inputs, planned, output_dir, overwrite, bytes_needed)
+
+
+def check_planned_outputs(inputs: list[Path], planned: list[Path], output_dir: Path, overwrite: bool, bytes_needed: int) -> None:
     """Refuses, before the first forward pass, a run that would write over one of its inputs, over an
     existing file (without ``overwrite``), or into a folder that is not writable or lacks room.
 
     Temporaries left by a predict killed mid-write (hidden, never trusted) are removed first.
     """
-    planned = []
-    for path in inputs:
-        paths = output_paths(output_dir, scan_name(path))
-        planned += [target for key, target in paths.items() if save_probability or key != "probability"]
-    resolved_inputs = {path.resolve(): path for path in inputs}
+    resolved_inputs = {Path(path).resolve(): path for path in inputs}
     for target in planned:
         if target.resolve() in resolved_inputs:
             raise fail(target, "is one of the inputs; predict never writes over its inputs (choose another --output)")
@@ -486,7 +499,7 @@ def check_predict_outputs(inputs: list[Path], output_dir: Path, save_probability
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise fail(existing[0], f"exists{more}; predict does not replace files it did not write in this run "
                                 "(give --overwrite to replace them, or another --output)")
-    check_output_folder(output_dir, sum(estimated_output_bytes(path, save_probability) for path in inputs), "--output")
+    check_output_folder(output_dir, bytes_needed, "--output")
     remove_stale_temporaries(planned)
 
 

@@ -72,14 +72,24 @@ def montage_slices(mask: np.ndarray, count: int, fallback_depth: int) -> np.ndar
 
 
 def save_overlay_montage(
-    scan: np.ndarray, prediction: np.ndarray, path, ground_truth: np.ndarray | None = None, count: int = 12, title: str = ""
+    scan: np.ndarray, prediction: np.ndarray, path, ground_truth: np.ndarray | None = None, count: int = 12, title: str = "",
+    crops: list | None = None,
 ) -> Path:
-    """Montage of axial slices of (H, W, D) with prediction (red) and optional ground truth (green)."""
+    """Montage of axial slices of (H, W, D) with prediction (red) and optional ground truth (green).
+
+    ``crops``: optional (scan (h, w), prediction (h, w), title) zoomed panels shown in extra rows after the slices.
+    """
     union = prediction if ground_truth is None else (np.asarray(prediction) > 0) | (np.asarray(ground_truth) > 0)
     indices = montage_slices(union, count, scan.shape[-1])
-    columns = min(6, len(indices))
-    rows = int(np.ceil(len(indices) / columns))
+    columns = min(6, max(len(indices), len(crops or [])))
+    slice_rows = int(np.ceil(len(indices) / columns))
+    rows = slice_rows + int(np.ceil(len(crops or []) / columns))
     figure = Figure(figsize=(2.2 * columns, 2.5 * rows))
+    for position, (crop_scan, crop_mask, crop_title) in enumerate(crops or [], start=slice_rows * columns + 1):
+        axis = figure.add_subplot(rows, columns, position)
+        axis.imshow(overlay(crop_scan, [(crop_mask, PREDICTION_COLOUR)]))
+        axis.set_title(crop_title, fontsize=7)
+        axis.axis("off")
     for position, index in enumerate(indices, start=1):
         layers = [(prediction[..., index], PREDICTION_COLOUR)]
         if ground_truth is not None:

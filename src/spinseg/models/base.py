@@ -88,3 +88,22 @@ class RemembersConfig(nn.Module):
 
         recording_init.records_config = True
         cls.__init__ = recording_init
+
+
+class ReleaseSubnetworks:
+    """Networks the release saved as one ``<subnetwork>_state_dict`` entry per sub-network (SPiN, U-Net).
+
+    A subclass names its sub-network attributes in ``RELEASE_SUBNETWORKS``, in the release's order.
+    """
+
+    RELEASE_SUBNETWORKS: tuple[str, ...] = ()
+
+    def release_state_dicts(self) -> dict:
+        """The weights split into the release's ``<subnetwork>_state_dict`` entries."""
+        return {f"{name}_state_dict": getattr(self, name).state_dict() for name in self.RELEASE_SUBNETWORKS}
+
+    def load_release_state_dicts(self, checkpoint: dict) -> None:
+        """Loads the release's ``<subnetwork>_state_dict`` entries (strict key and shape match)."""
+        for name in self.RELEASE_SUBNETWORKS:
+            getattr(self, name).load_state_dict(checkpoint[f"{name}_state_dict"], strict=True)
+

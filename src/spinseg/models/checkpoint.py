@@ -48,7 +48,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             f"refused: it holds more than weights (it would call {refused_global}); loading it could run code, "
             "and spinseg only loads weights (torch.load weights_only=True)",
         ) from None
-    except Exception as error:  # noqa: BLE001 - issue 16: any failure of torch's parser is the file's fault
+    except Exception as error:  # noqa: BLE001 - any failure of torch's parser is the file's fault
         refused_global = disallowed_global_in_file(path)
         if refused_global is not None:
             raise fail(path, f"refused: it holds more than weights (it would call {refused_global}); loading it could "
@@ -180,7 +180,7 @@ def load_state_dict_checked(module: nn.Module, state_dict: dict, path, what: str
 
 
 def check_finite_weights(state_dict: dict, path) -> None:
-    """Issue 16: one NaN/Inf weight makes every prediction empty with exit 0; refuse it when loaded."""
+    """one NaN/Inf weight makes every prediction empty with exit 0; refuse it when loaded."""
     bad = {key: int((~torch.isfinite(value)).sum()) for key, value in state_dict.items()
            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()}
     if bad:
@@ -344,7 +344,7 @@ def load_safetensors(path: str | os.PathLike, name: str, **config) -> nn.Module:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as error:  # noqa: BLE001 - issue 16: SafetensorError, but also OSError, ValueError...
+    except Exception as error:  # noqa: BLE001 - SafetensorError, but also OSError, ValueError...
         raise fail(path, f"not a readable safetensors file ({first_line(error)})") from None
     saved_name = metadata.get("model_name", name)
     if saved_name != name:

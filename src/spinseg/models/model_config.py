@@ -16,7 +16,7 @@ def parse_model_config(text: str) -> dict:
         # fail on long inline configs: the name is too long for the file system).
         source = text if text.lstrip().startswith("{") else Path(text).read_text()
         config = json.loads(source)
-    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or not UTF-8 (issue 16)
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or not UTF-8
         raise UserInputError(f"--model_config {text[:80]!r}: not a JSON object or JSON file "
                              f"({(str(error).splitlines() or [type(error).__name__])[0][:120]})") from None
     if not isinstance(config, dict):
@@ -32,7 +32,7 @@ COUNT_KEY_WORDS = ("filter", "channels")
 
 
 def check_model_config_counts(config: dict, source: str) -> None:
-    """Issue 16: a negative or zero filter/channel count ended in a torch traceback; refuse it in one
+    """a negative or zero filter/channel count ended in a torch traceback; refuse it in one
     line naming ``--model_config`` (the file or the inline JSON) and the key."""
     for key, value in config.items():
         if not isinstance(key, str) or not any(word in key for word in COUNT_KEY_WORDS):

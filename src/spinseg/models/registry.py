@@ -46,7 +46,7 @@ def build_model(name: str, **config) -> nn.Module:
     cls = model_class(name)
     try:
         model = cls(**config)
-    except (TypeError, ValueError, RuntimeError) as error:  # RuntimeError: torch refusing a size (issue 16)
+    except (TypeError, ValueError, RuntimeError) as error:  # RuntimeError: torch refusing a size
         raise UserInputError(f"model {name!r}: {(str(error).splitlines() or [type(error).__name__])[0][:200]}") from None
     model.model_name = name
     return model

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .base import RemembersConfig
+from .base import ReleaseSubnetworks, RemembersConfig
 from .blocks import (
     Conv2dBlock,
     DecoderBlock,
@@ -276,8 +276,10 @@ class SegmentationDecoder(nn.Module):
         return logits_2x, self.learnable_downsampler(features_2x, logits_2x)
 
 
-class SPiN(RemembersConfig):
+class SPiN(ReleaseSubnetworks, RemembersConfig):
     """SPiN network: x (B, C, H, W) -> final logits (B, 1, H, W); any H, W (odd sizes included)."""
+
+    RELEASE_SUBNETWORKS = SUBNETWORK_NAMES
 
     def __init__(self, config: SPiNConfig | None = None, **overrides):
         super().__init__()
@@ -335,14 +337,6 @@ class SPiN(RemembersConfig):
         """x (B, C, H, W) -> final logits (B, 1, H, W)."""
         return self.forward_all(x)["logits"]
 
-    def release_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
-        """The weights split into the release's five ``<subnetwork>_state_dict`` entries."""
-        return {f"{name}_state_dict": getattr(self, name).state_dict() for name in SUBNETWORK_NAMES}
-
-    def load_release_state_dicts(self, checkpoint: dict) -> None:
-        """Loads the release's five ``<subnetwork>_state_dict`` entries (strict key and shape match)."""
-        for name in SUBNETWORK_NAMES:
-            getattr(self, name).load_state_dict(checkpoint[f"{name}_state_dict"], strict=True)
 
 
 def validate_spin_config(config: SPiNConfig) -> None:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import RemembersConfig
+from .base import ReleaseSubnetworks, RemembersConfig
 from .blocks import Conv2dBlock, DecoderBlock, initialize_weights
 
 SUBNETWORK_NAMES = ("encoder_segmentation", "decoder_segmentation")
@@ -83,8 +83,10 @@ class GenericDecoder(nn.Module):
         return self.output(x)
 
 
-class UNet(RemembersConfig):
+class UNet(ReleaseSubnetworks, RemembersConfig):
     """Release U-Net: x (B, C, H, W) -> logits (B, 1, H, W); predicts at H/2 and upsamples bilinearly."""
+
+    RELEASE_SUBNETWORKS = SUBNETWORK_NAMES
 
     PUBLISHED_FILTERS = (64, 128, 256, 512, 1024)
     TRAIN_RECIPE_FILTERS = (64, 128, 256, 512, 512)
@@ -138,11 +140,3 @@ class UNet(RemembersConfig):
         """x (B, C, H, W) -> logits (B, 1, H, W)."""
         return self.forward_all(x)["logits"]
 
-    def release_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
-        """The weights split into the release's ``<subnetwork>_state_dict`` entries."""
-        return {f"{name}_state_dict": getattr(self, name).state_dict() for name in SUBNETWORK_NAMES}
-
-    def load_release_state_dicts(self, checkpoint: dict) -> None:
-        """Loads the release's two ``<subnetwork>_state_dict`` entries (strict key and shape match)."""
-        for name in SUBNETWORK_NAMES:
-            getattr(self, name).load_state_dict(checkpoint[f"{name}_state_dict"], strict=True)

@@ -183,7 +183,7 @@ def schedule_value(values: list, schedule: list[int], epoch: int):
 
 def validate_train_config(config: TrainConfig) -> None:
     """Raises a one-line ``UserInputError`` for a value no training run can use."""
-    problems = numeric_problems(dataclasses.asdict(config))  # issue 16: the one range table
+    problems = numeric_problems(dataclasses.asdict(config))  # the one range table
     if config.n_chunk < 1 or config.n_chunk % 2 == 0:
         problems.append(f"--n_chunk must be odd and >= 1 (got {config.n_chunk})")
     if not config.learning_rates or not config.dataset_stddevs:
@@ -222,7 +222,7 @@ def validate_train_config(config: TrainConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 16: every numeric flag of every command is range-checked here, by name, in one table.
+# every numeric flag of every command is range-checked here, by name, in one table.
 
 
 @dataclass(frozen=True)
