@@ -354,12 +354,15 @@ def lying_nifti(workspace: Workspace, name: str) -> str:
     return str(path)
 
 
+USERS_OWN_MASK = b"the user's own mask"
+
+
 def existing_output(workspace: Workspace) -> list[str]:
     """A scan whose mask output already exists in the output folder (a file predict did not write)."""
     scan = mni_scan(workspace, "sub-exists_T1w")
     output = workspace.path("pred_exists")
     output.mkdir(exist_ok=True)
-    (output / "sub-exists_T1w_lesion_mask.nii.gz").write_bytes(b"the user's own mask")
+    (output / "sub-exists_T1w_lesion_mask.nii.gz").write_bytes(USERS_OWN_MASK)
     return [str(scan)]
 
 
@@ -633,7 +636,9 @@ def test_bad_input_gets_one_line_and_exit_code_2(case, case_results):
     # Nothing half-written: no run's checkpoint folder and no evaluation's output folder was created.
     assert not [path for path in root.glob("run_*") if path.is_dir()]
     assert not [path for path in root.glob("eval_*") if path.is_dir()]
-    assert not [path for path in root.glob("pred_*/**/*") if path.suffix in (".gz", ".png", ".tfm", ".json")]
+    written = [path for path in root.glob("pred_*/**/*") if path.suffix in (".gz", ".png", ".tfm", ".json")]
+    # The only output-named file allowed is the user's own one that predict_output_exists plants (and must keep).
+    assert all(path.read_bytes() == USERS_OWN_MASK for path in written), written
     assert not [path for path in root.glob("score_*") if path.is_dir()]
 
 
