@@ -11,7 +11,7 @@ import argparse
 import torch
 import torch.distributed as dist
 
-from spinseg.training.devices import DeviceLossTracker, read_loss_on_all_ranks, run_on_all_ranks
+from spinseg.runtime.devices import DeviceLossTracker, read_loss_on_all_ranks, run_on_all_ranks
 
 
 def main() -> None:

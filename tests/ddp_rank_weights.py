@@ -15,7 +15,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from spinseg.recipes.config import TrainConfig
-from spinseg.training.runtime import shutdown_distributed
+from spinseg.runtime.distributed import shutdown_distributed
 from spinseg.training.trainer import build_run, train_epoch
 
 

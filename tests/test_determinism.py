@@ -34,7 +34,7 @@ def test_seed_everything_fixes_every_generator_and_rng_state_round_trips():
     import numpy as np
     import torch
 
-    from spinseg.training.runtime import rng_state, seed_everything, set_rng_state
+    from spinseg.runtime.distributed import rng_state, seed_everything, set_rng_state
 
     seed_everything(11)
     state = rng_state()

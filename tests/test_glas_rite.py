@@ -13,11 +13,8 @@ from PIL import Image
 from conftest import GLAS_IMAGES, RITE_SHAPE, run_python, write_glas_tree, write_rite_tree
 from spinseg.datasets import glas
 from spinseg.datasets import rite
-from spinseg.data.images import (
-    ImageTrainingDataset,
-    compute_channel_statistics,
-    is_rgb_image_file,
-)
+from spinseg.data.images import ImageTrainingDataset, is_rgb_image_file
+from spinseg.datasets.images_2d import compute_channel_statistics
 from spinseg.data.transforms import AugmentationConfig, Normalization
 from spinseg.errors import UserInputError
 from spinseg.inference.predictor import InferenceOptions, predict_image

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import spinseg.training.devices as devices
-import spinseg.training.runtime as runtime
+import spinseg.runtime.devices as devices
+import spinseg.runtime.distributed as runtime
 from spinseg.errors import UserInputError
 from spinseg.experiments.memory import LiveTensorBytes, recipe_memory
 from spinseg.recipes.config import TrainConfig

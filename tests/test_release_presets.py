@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spinseg.data.release_inputs import ground_truth_on_grid, mask_from_probabilities, model_inputs
+from spinseg.recipes.release_inputs import ground_truth_on_grid, mask_from_probabilities, model_inputs
 from spinseg.errors import UserInputError
 from spinseg.evaluation.release_evaluation import small_lesion_row
 from spinseg.recipes.published import PAPER_ROW_ORDER, PAPER_TABLE2, PAPER_TABLE3

@@ -10,7 +10,7 @@ from spinseg.models.checkpoint import load_model
 from spinseg.recipes.config import TrainConfig, EvaluateConfig
 from spinseg.data.slices import SliceTrainingDataset
 from spinseg.evaluation.evaluator import evaluate
-from spinseg.training.runtime import seed_everything
+from spinseg.runtime.distributed import seed_everything
 from spinseg.models.model_config import parse_model_config
 from spinseg.training.trainer import train
 from spinseg.models import build_model

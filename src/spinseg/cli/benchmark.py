@@ -66,15 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.phase:
         spec = json.loads(args.phase)
-        from spinseg.training.devices import configure_cuda_math
+        from spinseg.runtime.devices import configure_cuda_math
 
         configure_cuda_math(torch.device(spec.get("device", "cpu")), allow_tf32=spec.get("allow_tf32", False))
         print(PHASE_RESULT_PREFIX + json.dumps({**PHASES[spec["kind"]](spec), "glibc_heap_tuned": heap_tuned}), flush=True)
         return 0
 
     from spinseg.models import available_models
-    from spinseg.training.devices import configure_cuda_math
-    from spinseg.training.runtime import native_bf16, select_device
+    from spinseg.runtime.devices import configure_cuda_math
+    from spinseg.runtime.distributed import native_bf16, select_device
 
     if args.memory_estimate:
         from spinseg.experiments.memory import format_memory_table, recipe_memory_table

@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from spinseg.acceleration.allocator import tune_glibc_malloc
     from spinseg.models.model_config import parse_model_config
-    from spinseg.training.devices import configure_cuda_math
-    from spinseg.training.runtime import select_device
+    from spinseg.runtime.devices import configure_cuda_math
+    from spinseg.runtime.distributed import select_device
 
     tune_glibc_malloc()
     device = select_device(arguments.device)

@@ -41,7 +41,7 @@ def parse_train_config(argv: list[str] | None = None) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     """Parses flags and trains; bad input ends with one line and exit code 2."""
     tune_glibc_malloc()
-    from spinseg.training.runtime import shutdown_distributed
+    from spinseg.runtime.distributed import shutdown_distributed
     from spinseg.training.trainer import train
 
     config = parse_train_config(argv)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from spinseg.errors import fail
-from spinseg.data.images import RawPair, binarise_labels, parse_target_size, read_label_values, write_traintest_dataset
+from spinseg.datasets.images_2d import RawPair, binarise_labels, parse_target_size, read_label_values, write_traintest_dataset
 
 DEFAULT_GLAS_DIR = "data/glas"
 FALLBACK_GLAS_DIR = "data/warwick"  # where the release reads it

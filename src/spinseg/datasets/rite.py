@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from spinseg.errors import fail
-from spinseg.data.images import RawPair, parse_target_size, read_colour_foreground, write_traintest_dataset
+from spinseg.datasets.images_2d import RawPair, parse_target_size, read_colour_foreground, write_traintest_dataset
 
 DEFAULT_RITE_DIR = "data/AV_groundTruth"
 DEFAULT_OUTPUT_DIR = "data/rite_spin"

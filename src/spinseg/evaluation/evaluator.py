@@ -27,8 +27,8 @@ from spinseg.io.files import write_json, write_text
 from spinseg.io.progress import progress_bar
 from spinseg.recipes.config import EvaluateConfig, validate_evaluate_config
 from spinseg.recipes.preprocessing import flags_of, load_with_preprocessing, with_preprocessing
-from spinseg.training.devices import configure_cuda_math
-from spinseg.training.runtime import select_device
+from spinseg.runtime.devices import configure_cuda_math
+from spinseg.runtime.distributed import select_device
 
 KNOWN_METRIC_GROUPS = ("release", "challenge", "size", "boundary")
 # Montage, report rows and (optional) mask of one subject: a generous estimate of what it writes.

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spinseg.data.release_inputs import ground_truth_on_grid, mask_from_probabilities, model_inputs
+from spinseg.recipes.release_inputs import ground_truth_on_grid, mask_from_probabilities, model_inputs
 from spinseg.data.volumes import check_same_shape, check_volume_pairs, load_volume, read_paired_lists
 from spinseg.evaluation import reporting
 from spinseg.evaluation.metrics import (
@@ -29,7 +29,7 @@ from spinseg.models.checkpoint import load_model
 from spinseg.models.model_config import model_input_config, parse_model_config
 from spinseg.recipes import release_presets
 from spinseg.recipes.config import EvaluateConfig
-from spinseg.training.runtime import select_device
+from spinseg.runtime.distributed import select_device
 
 
 def load_preset_model(config: EvaluateConfig, preset: release_presets.ReleasePreset, device) -> torch.nn.Module:

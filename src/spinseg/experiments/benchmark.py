@@ -138,6 +138,12 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, size
     return 2 * size**3 / best / 1e9
 
 
+def quick_matmul_size(args) -> int | None:
+    """The matmul probe's size: small with ``--quick`` (a test of the machinery, whose figures are not
+    reported; emulated bf16 on CPUs without bf16 units takes minutes at full size), else the default."""
+    return 512 if getattr(args, "quick", False) else None
+
+
 def summarize_times(seconds: list[float]) -> dict[str, float]:
     """{"min", "median", "all"} of a list of timings."""
     return {"min": min(seconds), "median": statistics.median(seconds), "all": seconds}
@@ -303,7 +309,8 @@ def run_inference_phase(spec: dict) -> dict:
         result["prepare_and_warmup_seconds"] = time.perf_counter() - start
         # The matmul rate right here, under the same load as the timings (a shared machine's
         # load moves within minutes); the report compares against the best rate seen.
-        result["matmul_gflops_in_phase"] = matmul_gflops(device, torch.bfloat16 if options.amp else torch.float32, repeats=3)
+        result["matmul_gflops_in_phase"] = matmul_gflops(device, torch.bfloat16 if options.amp else torch.float32,
+                                                         size=spec.get("matmul_size"), repeats=3)
         seconds, info = [], {}
         for _ in range(spec["repeats"]):
             start = time.perf_counter()
@@ -348,7 +355,7 @@ def run_training_phase(spec: dict) -> dict:
     from dataclasses import replace
 
     from spinseg.acceleration.training import prepare_training_model
-    from spinseg.training.runtime import DistributedContext
+    from spinseg.runtime.distributed import DistributedContext
     from spinseg.training.losses import build_loss, build_optimizer
     from spinseg.training.trainer import batch_to_device, training_step, wrap_for_training
 
@@ -662,7 +669,8 @@ def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_ra
     record, state_dict_path, rounding, loss_rounding = describe_model(name, setup, args, data, workdir)
     # Each spec's "amp" follows its variant's precision (inference_specs, below).
     common = {"model": name, "device": str(device), "state_dict_path": str(state_dict_path),
-              "batch_size": args.batch_size, "repeats": args.repeats, "seed": args.seed}
+              "batch_size": args.batch_size, "repeats": args.repeats, "seed": args.seed,
+              "matmul_size": quick_matmul_size(args)}
     # "plain_default_heap": the plain path in a process that keeps glibc's default malloc settings
     # (what a script that does not call spinseg.allocator gets); only with isolated CPU phases,
     # since the heap is set per process.
@@ -687,7 +695,7 @@ def benchmark_model(name: str, args, device: torch.device, data: dict, matmul_ra
 def benchmark_header(args, device: torch.device, isolate: bool) -> tuple[dict[str, Any], dict[str, float]]:
     """The results' description of the run (machine, settings) and the matmul rates the phases are
     set against: ({...}, {"fp32": GFLOP/s, "bf16": GFLOP/s when bf16 is measured})."""
-    from spinseg.training.runtime import native_bf16
+    from spinseg.runtime.distributed import native_bf16
 
     results: dict[str, Any] = {"machine": machine_description(device), "device": str(device), "amp": args.amp,
                                "bf16_variants": args.bf16_variants, "native_bf16": native_bf16(device),
@@ -695,10 +703,10 @@ def benchmark_header(args, device: torch.device, isolate: bool) -> tuple[dict[st
                                "shape": [args.height, args.width, args.depth], "isolated_phases": isolate,
                                "arguments": {k: v for k, v in vars(args).items() if k not in ("phase", "checkpoints")}}
     print(f"measuring the fp32 matmul rate on {device} ...", flush=True)
-    results["matmul_gflops"] = matmul_gflops(device)
+    results["matmul_gflops"] = matmul_gflops(device, size=quick_matmul_size(args))
     matmul_rates = {"fp32": results["matmul_gflops"]}
     if args.amp or args.bf16_variants:
-        results["matmul_gflops_bf16"] = matmul_rates["bf16"] = matmul_gflops(device, torch.bfloat16)
+        results["matmul_gflops_bf16"] = matmul_rates["bf16"] = matmul_gflops(device, torch.bfloat16, size=quick_matmul_size(args))
     # Fractions compare like with like: bf16 phases against the bf16 matmul rate.
     return results, matmul_rates
 

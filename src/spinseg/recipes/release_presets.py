@@ -2,7 +2,7 @@
 
 One :class:`ReleasePreset` per method, read from the release's evaluation code (file and line of each
 fact in ``sources`` and in ``docs/release_presets.md``). The array work lives in
-:mod:`spinseg.data.release_inputs`; :func:`preset` looks one up by name.
+:mod:`spinseg.recipes.release_inputs`; :func:`preset` looks one up by name.
 
 Orientation: the Keras baselines and KiU-Net read the ATLAS volumes through ``generate_h5.py``, which
 transposes each (197, 233, 189) volume to (189, 233, 197): their slices are our (H, W) slices
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from spinseg.constants import ATLAS_MEAN, ATLAS_STD
 
-# Intensity preparations (implemented in spinseg.data.release_inputs).
+# Intensity preparations (implemented in spinseg.recipes.release_inputs).
 ZSCORE = "zscore"  # (T1 - mean) / std with the ATLAS statistics, SPiN's and the in-house U-Net's
 DIVIDE_BY_100 = "divide_by_100"  # T1 / 100, the h5 export of the Keras baselines
 DUNET_UINT8 = "dunet_uint8"  # uint8(T1 * 2.55), crop, Lanczos resize, per-patient min-max to [0, 1]

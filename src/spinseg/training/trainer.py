@@ -12,12 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from spinseg.acceleration.training import prepare_training_model
-from spinseg.data.images import (
-    ImageTrainingDataset,
-    is_rgb_image_file,
-    load_image,
-    load_mask,
-)
+from spinseg.data.images import ImageTrainingDataset, is_rgb_image_file, load_image, load_mask
 from spinseg.data.slices import SliceTrainingDataset
 from spinseg.data.transforms import AugmentationConfig, Normalization
 from spinseg.data.volumes import (
@@ -43,7 +38,7 @@ from spinseg.models.keras_weights import is_hdf5_file
 from spinseg.models.model_config import model_input_config, parse_model_config
 from spinseg.recipes.config import TrainConfig, schedule_value, validate_train_config
 from spinseg.recipes.preprocessing import preprocessing_record
-from spinseg.training.devices import (
+from spinseg.runtime.devices import (
     DeviceLossTracker,
     configure_cuda_math,
     load_optimizer_state,
@@ -62,7 +57,7 @@ from spinseg.training.run_folder import (
     remove_stale_temporaries,
     unlock_run_folder,
 )
-from spinseg.training.runtime import (
+from spinseg.runtime.distributed import (
     DistributedContext,
     ignore_interrupt_in_worker,
     init_distributed,
@@ -205,7 +200,7 @@ def restore_training_state(config: TrainConfig, checkpoint_dir: Path, model: tor
     """Loads ``--restore_path`` (or, with ``--resume``, the run's latest complete checkpoint) into
     ``model`` and restores the RNGs; returns (step, best validation, last loss, the optimizer's saved
     state). The optimizer state is loaded by the caller once the model is on its device, so Adam's
-    moments follow the parameters there (:func:`spinseg.training.devices.load_optimizer_state`)."""
+    moments follow the parameters there (:func:`spinseg.runtime.devices.load_optimizer_state`)."""
     step, best, loss = 0, {"dice": -1.0, "step": 0}, float("nan")
     restore, checkpoint = config.restore_path, None
     if config.resume and not restore:

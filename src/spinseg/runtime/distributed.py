@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from spinseg.training.devices import (
+from spinseg.runtime.devices import (
     cuda_rng_states,
     gpu_has_native_bf16,
     is_cuda_request,

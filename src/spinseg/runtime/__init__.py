@@ -1,0 +1,1 @@
+"""What running a model needs from the machine: devices, precision, seeds, processes (torchrun)."""
