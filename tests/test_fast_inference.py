@@ -110,7 +110,8 @@ def test_conv_norm_activation_blocks_fuse_including_3d_and_even_kernels():
 
 
 def test_blocks_that_resample_between_conv_and_batch_norm_are_not_fused():
-    kiunet = pytest.importorskip("spinseg.models.kiunet")
+    from spinseg.models import kiunet
+
     block = randomize_batch_norms(kiunet.ConvResampleBlock(3, 4, "down", "relu", True))
     fused = fuse_conv_batch_norm(block)
     assert fused.batch_norm is not None  # max-pooling between them does not commute with a negative scale

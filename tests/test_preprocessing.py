@@ -67,12 +67,12 @@ def test_predict_uses_the_checkpoints_statistics_without_flags(trained, tmp_path
 
     nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), tmp_path / "scan.nii.gz")
     calls = []
-    monkeypatch.setattr(predict_cli, "run_predict", lambda *args, **kwargs: calls.append((args, kwargs)) or [])
+    monkeypatch.setattr(predict_cli, "run_study", lambda *args, **kwargs: calls.append((args, kwargs)) or [])
     assert predict_cli.main(["--checkpoint", str(trained[2]), "--input", str(tmp_path / "scan.nii.gz"),
                              "--output", str(tmp_path / "out"), "--device", "cpu"]) == 0
     (args, kwargs), = calls
-    options, threshold = args[3], args[4]
-    n_chunk, normalization = options.n_chunk, options.normalization
+    settings = args[3]  # run_study(model, jobs, output, settings, ...)
+    n_chunk, normalization, threshold = settings.n_chunk, settings.normalization, settings.threshold
     assert (n_chunk, list(normalization.means), list(normalization.stddevs), threshold) == (5, OTHER_MEANS, OTHER_STDDEVS, 0.5)
     assert kwargs["report_extra"]["model"] == "spin" and kwargs["report_extra"]["preprocessing_from"] == "checkpoint"
 

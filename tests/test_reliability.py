@@ -71,7 +71,7 @@ def run_loader(suffix: str, path: Path, scratch: Path) -> None:
 
         load_volume(path, ndim=(1, 2, 3, 4))
     elif suffix in (".nii", ".nii.gz"):
-        from spinseg.datasets.atlas_raw import load_volume as load_raw
+        from spinseg.datasets.atlas_raw import load_nifti_volume as load_raw
         from spinseg.inference.scan import load_scan, scan_data
 
         try:

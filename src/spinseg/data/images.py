@@ -1,16 +1,8 @@
 """2-D RGB data sets (GLaS, RITE), training side: the prepared ``.npy`` images and masks, and training samples.
 
-Prepared layout (written by ``setup/setup_dataset_{warwick,rite}.py``, see :func:`write_prepared_dataset`):
-
-- images: ``<output_dir>/images/<name>.npy``, float32 (H, W, 3), raw 0-255 intensities (as the release);
-- ground truths: ``<output_dir>/ground_truths/<name>.npy``, uint8 (H, W) in {0, 1};
-- when the set-up resized the images, ``<output_dir>/ground_truths_original/<name>.npy`` holds the
-  ground truth at the raw image's size (for scoring at the original resolution);
-- ``<output_dir>/original_sizes.json`` and ``<output_dir>/statistics.json`` (per-channel means/stds of
-  the training images as stored).
-
-The release trains on uniformly random ``n_height`` x ``n_width`` crops (128 x 128 for GLaS and RITE)
-of the whole, un-resized image and predicts on whole images; :class:`ImageTrainingDataset` and
+The prepared layout is written by :mod:`spinseg.datasets.images_2d` (its docstring describes it). The
+release trains on uniformly random ``n_height`` x ``n_width`` crops (128 x 128 for GLaS and RITE) of the
+whole, un-resized image and predicts on whole images; :class:`ImageTrainingDataset` and
 :func:`spinseg.inference.predictor.predict_image` do the same.
 """
 from __future__ import annotations

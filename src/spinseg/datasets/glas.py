@@ -26,8 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from spinseg.datasets.images_2d import (
+    RawPair,
+    add_setup_arguments,
+    binarise_labels,
+    parse_target_size,
+    read_label_values,
+    write_traintest_dataset,
+)
 from spinseg.errors import fail
-from spinseg.datasets.images_2d import RawPair, binarise_labels, parse_target_size, read_label_values, write_traintest_dataset
 
 DEFAULT_GLAS_DIR = "data/glas"
 FALLBACK_GLAS_DIR = "data/warwick"  # where the release reads it
@@ -106,10 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Flags of ``setup/setup_dataset_warwick.py``."""
     parser = argparse.ArgumentParser(prog="setup/setup_dataset_warwick.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--glas_dir", default=None, help=f"raw folder (default {DEFAULT_GLAS_DIR}, else {FALLBACK_GLAS_DIR})")
-    parser.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help="where the .npy files go")
-    parser.add_argument("--lists_dir", default=".", help="root of training/ and testing/ list folders")
-    parser.add_argument("--n_height", type=int, default=0, help="resize to this height (0 with --n_width 0: keep raw sizes)")
-    parser.add_argument("--n_width", type=int, default=0, help="resize to this width (0 with --n_height 0: keep raw sizes)")
+    add_setup_arguments(parser, DEFAULT_OUTPUT_DIR)
     return parser
 
 

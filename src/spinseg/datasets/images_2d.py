@@ -8,13 +8,10 @@ Prepared layout (written by ``setup/setup_dataset_{warwick,rite}.py``, see :func
   ground truth at the raw image's size (for scoring at the original resolution);
 - ``<output_dir>/original_sizes.json`` and ``<output_dir>/statistics.json`` (per-channel means/stds of
   the training images as stored).
-
-The release trains on uniformly random ``n_height`` x ``n_width`` crops (128 x 128 for GLaS and RITE)
-of the whole, un-resized image and predicts on whole images; :class:`ImageTrainingDataset` and
-:func:`spinseg.inference.predictor.predict_image` do the same.
 """
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +22,6 @@ import torch
 
 from spinseg.errors import UserInputError, fail
 from spinseg.io.files import save_npy, write_json, write_lines
-
 
 IMAGES_FOLDER = "images"
 
@@ -301,3 +297,11 @@ def write_traintest_dataset(
         test_lists=(test / "test_images.txt", test / "test_ground_truths.txt", test / "test_original_ground_truths.txt"),
         target_size=target_size,
     )
+
+
+def add_setup_arguments(parser: argparse.ArgumentParser, default_output_dir: str) -> None:
+    """The flags every 2-D set-up script shares: output folder, list folder and optional resize."""
+    parser.add_argument("--output_dir", default=default_output_dir, help="where the .npy files go")
+    parser.add_argument("--lists_dir", default=".", help="root of training/ and testing/ list folders")
+    parser.add_argument("--n_height", type=int, default=0, help="resize to this height (0 with --n_width 0: keep raw sizes)")
+    parser.add_argument("--n_width", type=int, default=0, help="resize to this width (0 with --n_height 0: keep raw sizes)")

@@ -20,8 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from spinseg.datasets.images_2d import (
+    RawPair,
+    add_setup_arguments,
+    parse_target_size,
+    read_colour_foreground,
+    write_traintest_dataset,
+)
 from spinseg.errors import fail
-from spinseg.datasets.images_2d import RawPair, parse_target_size, read_colour_foreground, write_traintest_dataset
 
 DEFAULT_RITE_DIR = "data/AV_groundTruth"
 DEFAULT_OUTPUT_DIR = "data/rite_spin"
@@ -89,10 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Flags of ``setup/setup_dataset_rite.py``."""
     parser = argparse.ArgumentParser(prog="setup/setup_dataset_rite.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rite_dir", default=DEFAULT_RITE_DIR, help="the unzipped AV_groundTruth folder")
-    parser.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help="where the .npy files go")
-    parser.add_argument("--lists_dir", default=".", help="root of training/ and testing/ list folders")
-    parser.add_argument("--n_height", type=int, default=0, help="resize to this height (0 with --n_width 0: keep raw sizes)")
-    parser.add_argument("--n_width", type=int, default=0, help="resize to this width (0 with --n_height 0: keep raw sizes)")
+    add_setup_arguments(parser, DEFAULT_OUTPUT_DIR)
     return parser
 
 

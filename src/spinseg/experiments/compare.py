@@ -80,9 +80,11 @@ def comparison_train_config(name: str, model_config: dict, train_scans: str, tra
     """Model ``name``'s recipe with the comparison's shared data, budget and seed (no validation,
     one checkpoint at the end)."""
     model_recipe = recipe(name)
+    # The comparison's shared settings win over the recipe's (e.g. KiU-Net's own crops).
+    recipe_settings = {key: value for key, value in model_recipe.train.items() if key != "crop_shape"}
     return replace(
         TrainConfig(),
-        **model_recipe.train,
+        **recipe_settings,
         train_multimodal_scan_paths=train_scans,
         train_ground_truth_path=train_ground_truths,
         model_name=name,
