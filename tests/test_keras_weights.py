@@ -40,12 +40,33 @@ def test_release_weights_reproduce_the_release_outputs(fixture_name):
     difference = np.abs(probability[:, 0] - expected).max()
     tolerance = fixture["tolerance"]
     if fixture["model"] == "xnet":
-        # The X-Net fixture is ill-conditioned: float32 rounding alone moves its probabilities by
-        # ~3e-3 (our own float32 and float64 forwards differ that much), so no float32 port can
-        # match TensorFlow's rounding to 1e-4. Allow twice that measured spread, far below the
-        # 0.45-1.0 of a wrong load (the fixture's negative controls).
+        # The X-Net fixture is ill-conditioned: TensorFlow's own float32 rerun of it on another CPU
+        # lands 8.9e-3 from it (xnet_small_float64_reference.npz), so no float32 forward can meet
+        # 1e-4 here; test_xnet_reproduces_the_release_in_float64 holds the 1e-4 bar instead. This
+        # float32 check allows twice the larger of TensorFlow's and our own float32 spread, far
+        # below the 0.45-1.0 of a wrong load (the fixture's negative controls).
+        reference = np.load(FIXTURES / "xnet_small_float64_reference.npz")
         with torch.no_grad():
             exact = torch.sigmoid(model.double()(x.double())).numpy()
-        tolerance = max(tolerance, 2 * float(np.abs(exact[:, 0] - probability[:, 0]).max()))
-        assert tolerance < 0.02
+        own_spread = float(np.abs(exact[:, 0] - probability[:, 0]).max())
+        tolerance = 2 * max(own_spread, float(reference["tensorflow_float32_rerun_vs_fixture"]))
+        assert tolerance < 0.05
     assert difference <= tolerance, f"{fixture_name}: max |difference| {difference:.2e}"
+
+
+def test_xnet_reproduces_the_release_in_float64():
+    """Our X-Net in float64 against the release's Keras X-Net run in float64 on the same weights and
+    input (setup/fixtures/make_xnet_float64_reference.py): the fixture's 1e-4 bar, with no float32
+    rounding on either side."""
+    fixture = json.loads((FIXTURES / "xnet_weights_fixture.json").read_text())
+    reference = np.load(FIXTURES / "xnet_small_float64_reference.npz")
+    model = load_model(FIXTURES / fixture["weights"], "xnet").double()
+    data = np.load(FIXTURES / fixture["io"])
+    x = torch.from_numpy(np.ascontiguousarray(data[fixture["input_key"]].transpose(fixture["to_nchw"]))).double()
+    with torch.no_grad():
+        probability = torch.sigmoid(model(x))[:, 0].numpy()
+    difference = np.abs(probability - reference["output_float64"]).max()
+    assert difference <= fixture["tolerance"], f"max |difference| {difference:.2e}"
+    # TensorFlow's own float32 rerun is far from its float64 result: that is why the float32
+    # fixture cannot be met to 1e-4 (recorded so a reader sees the figure the test relies on).
+    assert float(reference["tensorflow_float32_vs_float64"]) > 100 * fixture["tolerance"]
