@@ -21,15 +21,16 @@ from spinseg.training.plateau import validation_loss
 
 def plateau_config(tmp_path, scans, masks, **extra) -> TrainConfig:
     """Batch 2 on 4 volumes (2 steps an epoch), validation every 2 steps, the Keras plateau settings."""
-    return TrainConfig(
+    settings = dict(
         train_multimodal_scan_paths=str(scans), train_ground_truth_path=str(masks),
         val_multimodal_scan_paths=str(scans), val_ground_truth_path=str(masks),
         model_config=SMALL_SPIN_CONFIG, n_batch=2, learning_rates=[2e-3], learning_schedule=[50],
         augmentation_probabilities=[0.0], augmentation_schedule=[-1], n_summary=100, n_checkpoint=100,
         n_validation=2, checkpoint_path=str(tmp_path / "run"), n_workers=0, seed=5, crop_shape=[16, 16],
         lr_schedule="plateau", plateau_factor=0.2, plateau_patience=3, plateau_min_delta=1e-3,
-        early_stopping_patience=5, **extra,
+        early_stopping_patience=5,
     )
+    return TrainConfig(**{**settings, **extra})
 
 
 def test_plateau_lowers_the_rate_after_patience_and_early_stopping_ends_the_run(tmp_path, monkeypatch, capsys):
@@ -52,6 +53,19 @@ def test_plateau_lowers_the_rate_after_patience_and_early_stopping_ends_the_run(
     checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "model-00000012.pth")
     assert checkpoint["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(4e-4)
     assert checkpoint["train_state"]["early_stopping"]["wait"] == 5
+
+
+def test_a_resumed_run_keeps_the_plateau_count_and_the_reduced_rate(tmp_path, monkeypatch, capsys):
+    scans, masks = write_volume_set(tmp_path / "data", 4, shape=(20, 20, 8), seed=2)
+    monkeypatch.setattr(trainer, "validation_loss", lambda *arguments, **keywords: 0.5)
+    first = trainer.train(plateau_config(tmp_path, scans, masks, max_steps=6, n_checkpoint=2))
+    assert first["steps"] == 6 and not first["stopped_early"]  # validations 1-3: best, then 2 without improvement
+    capsys.readouterr()
+    resumed = trainer.train(plateau_config(tmp_path, scans, masks, n_checkpoint=2, resume=True))
+    rates = [float(rate) for rate in re.findall(r"learning rate ([\d.e-]+)", capsys.readouterr().out)]
+    # As the uninterrupted run: the 4th validation (step 8) reduces, the 6th (step 12) stops.
+    assert rates == pytest.approx([4e-4, 4e-4, 4e-4])
+    assert resumed["stopped_early"] and resumed["steps"] == 12
 
 
 def test_an_improving_validation_loss_keeps_the_rate_and_the_run_goes_to_the_end(tmp_path, monkeypatch, capsys):
@@ -217,3 +231,31 @@ def test_dunet_release_recipe_stacks_four_slices_and_validates_with_the_preset(t
         validate_train_config(TrainConfig(**{**defaults, "n_chunk": 5}))
     with pytest.raises(UserInputError, match="fixed window: leave --crop_shape empty"):
         validate_train_config(TrainConfig(**{**defaults, "crop_shape": [64, 64]}))
+
+
+def test_one_slices_input_is_the_whole_volumes_for_every_preset_and_dunets_is_unchanged():
+    from PIL import Image
+
+    from spinseg.recipes.release_inputs import dunet_range, model_inputs, slice_model_input
+    from spinseg.recipes.release_presets import PRESETS
+
+    volume = np.random.default_rng(7).uniform(0, 120, (197, 233, 6)).astype(np.float32)  # > 100 wraps in uint8
+    for name, release in PRESETS.items():
+        whole = model_inputs(volume, release)
+        value_range = dunet_range(volume, release) if name == "dunet" else None
+        for index in range(volume.shape[-1]):
+            np.testing.assert_array_equal(slice_model_input(volume, index, release, value_range), whole[index], err_msg=name)
+            np.testing.assert_array_equal(slice_model_input(volume, index, release), whole[index], err_msg=name)
+
+    # D-UNet's preset as the release's eval.py computed it, written out here independently: transpose,
+    # uint8(T1 * 2.55), PIL crop (10, 40, 190, 220), Lanczos 192 x 192, min-max over the patient, i-2 .. i+1.
+    slices = np.moveaxis(volume, -1, 0).transpose(0, 2, 1)
+    resized = np.stack([np.asarray(Image.fromarray(one).crop((10, 40, 190, 220)).resize((192, 192), Image.LANCZOS))
+                        for one in (slices.astype(np.float64) * 2.55).astype(np.uint8)]).astype(np.float64)
+    scaled = (resized - resized.min()) / (resized.max() - resized.min())
+    expected = np.zeros((6, 4, 192, 192), np.float32)
+    for index in range(6):
+        for channel, source in enumerate(range(index - 2, index + 2)):
+            if 0 <= source < 6:
+                expected[index, channel] = scaled[source]
+    np.testing.assert_array_equal(model_inputs(volume, PRESETS["dunet"]), expected)
