@@ -259,3 +259,13 @@ def test_one_slices_input_is_the_whole_volumes_for_every_preset_and_dunets_is_un
             if 0 <= source < 6:
                 expected[index, channel] = scaled[source]
     np.testing.assert_array_equal(model_inputs(volume, PRESETS["dunet"]), expected)
+
+
+def test_a_checkpoint_trained_on_release_inputs_asks_for_its_preset(capsys):
+    from spinseg.recipes.preprocessing import PreprocessingFlags, preprocessing_record, resolve_preprocessing
+
+    record = preprocessing_record(TrainConfig(**train_defaults("xnet_release")))
+    assert record["release_inputs"] == "xnet"
+    assert "release_inputs" not in preprocessing_record(TrainConfig())  # the like-for-like records stay as they were
+    resolve_preprocessing({"model_name": "xnet", "model_config": {}, "preprocessing": record}, PreprocessingFlags(), "run.pth")
+    assert "run.pth: trained on the release's xnet inputs" in capsys.readouterr().err
