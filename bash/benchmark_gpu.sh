@@ -20,5 +20,6 @@ timeout 290 python -m spinseg.benchmark \
   --train_repeats 5 \
   --volumes 2 \
   --isolate no \
+  --end_to_end no \
   --output_json "$OUT/benchmark_gpu.json" \
   "$@"

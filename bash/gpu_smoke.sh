@@ -177,8 +177,10 @@ EOF
 }
 
 check_benchmark() {
-  local size=(--depth "$DEPTH" --repeats 1 --train_repeats 2 --volumes 2)
-  [[ $DEVICE == cpu ]] && size=(--quick --isolate no --bf16 no)
+  # On a GPU this also runs predict end to end against the release loop once; the CPU mode leaves that
+  # to tests/test_benchmark.py (three passes over a full volume would double the smoke test's time).
+  local size=(--depth "$DEPTH" --repeats 1 --train_repeats 2 --volumes 2 --end_to_end_repeats 1)
+  [[ $DEVICE == cpu ]] && size=(--quick --isolate no --bf16 no --end_to_end no)
   python -m spinseg.benchmark --device "$DEVICE" --models spin unet "${size[@]}" --output_json "$WORK/benchmark.json" &&
     python -c "import json,sys; r=json.load(open(sys.argv[1])); assert r['passed'] and r['tf32'] is False, r.get('failed_models')" "$WORK/benchmark.json"
 }
