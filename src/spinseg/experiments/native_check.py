@@ -8,7 +8,8 @@ intensities multiplied by 12 (another scanner's units). The ground truth is move
 (linear interpolation, >= 0.5). ``python -m spinseg.predict --register`` segments the native scan,
 and plain ``python -m spinseg.predict`` segments the unmoved MNI-space T1; the result is
 Dice(native mask, native ground truth), Dice(MNI mask, MNI ground truth) and their ratio, written
-as JSON.
+as JSON. The MNI-space T1 is also segmented with ``--intensity standardize`` (what ``--register``
+does to intensities), which splits a loss into the intensity step's share and the geometry's.
 """
 from __future__ import annotations
 
@@ -115,14 +116,14 @@ def run_predict_subprocess(arguments: list[str]) -> int:
 
 
 def predict_mask(predict: Callable[[list[str]], int], scan: Path, output_dir: Path, config: NativeCheckConfig,
-                 register: bool) -> tuple[np.ndarray, Path]:
-    """Runs ``predict`` on one scan; returns (its mask (X, Y, Z) bool, its report path)."""
+                 extra: list[str]) -> tuple[np.ndarray, Path]:
+    """Runs ``predict`` (with ``extra`` flags) on one scan; returns (its mask (X, Y, Z) bool, its report path)."""
     arguments = ["--checkpoint", str(config.checkpoint), "--input", str(scan), "--output", str(output_dir),
-                 "--device", config.device, "--batch_size", str(config.batch_size), "--overwrite"]
-    status = predict(arguments + (["--register"] if register else []))
+                 "--device", config.device, "--batch_size", str(config.batch_size), "--overwrite", *extra]
+    status = predict(arguments)
     paths = output_paths(output_dir, scan_name(scan))
     if status != 0 or not paths["mask"].is_file():
-        raise fail(scan, f"predict{' --register' if register else ''} failed (exit code {status})")
+        raise fail(scan, f"predict {' '.join(extra)} failed (exit code {status})")
     return np.asarray(nib.load(paths["mask"]).dataobj) > 0, paths["report"]
 
 
@@ -147,8 +148,12 @@ def native_check(config: NativeCheckConfig, predict: Callable[[list[str]], int] 
     native_scan = work / "native_scan" / f"{subject.subject_id}_native.nii.gz"
     save_nifti(native_scan, moved["scan"], moved["affine"])
     save_nifti(work / "ground_truth" / f"{subject.subject_id}_native_truth.nii.gz", moved["truth"].astype(np.uint8), moved["affine"])
-    native_mask, native_report = predict_mask(predict, native_scan, work / "native_prediction", config, register=True)
-    mni_mask, _ = predict_mask(predict, subject.scan_path, work / "mni_prediction", config, register=False)
+    native_mask, native_report = predict_mask(predict, native_scan, work / "native_prediction", config, ["--register"])
+    mni_mask, _ = predict_mask(predict, subject.scan_path, work / "mni_prediction", config, [])
+    # --register standardises intensities; the MNI-space subject once more with that alone tells the
+    # intensity step's share of any loss from the geometry's (registration and resampling).
+    mni_standardized_mask, _ = predict_mask(predict, subject.scan_path, work / "mni_prediction_standardized", config,
+                                            ["--intensity", "standardize"])
     dice_native, dice_mni = dice_score(moved["truth"], native_mask), dice_score(mask > 0, mni_mask)
     result = {
         "subject": subject.subject_id,
@@ -156,6 +161,7 @@ def native_check(config: NativeCheckConfig, predict: Callable[[list[str]], int] 
         "dice_native": dice_native,
         "dice_mni": dice_mni,
         "ratio_native_to_mni": dice_native / dice_mni if dice_mni > 0 else None,
+        "dice_mni_intensity_standardized": dice_score(mask > 0, mni_standardized_mask),
         "lesion_voxels_mni": int((mask > 0).sum()),
         "lesion_voxels_native": int(moved["truth"].sum()),
         "registration_error_mm_over_lesion": registration_error_mm(native_report, moved["moving"], mask > 0, affine),
