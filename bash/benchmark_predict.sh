@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from native_scans import random_affine, sample_on_grid
+from native_scans import centred_grid, moved_brain_centre, random_affine, sample_on_grid
 from spinseg.datasets.synthetic import generate_subject
 from spinseg.models.checkpoint import save_checkpoint
 from spinseg.models.registry import build_model
@@ -27,12 +27,8 @@ work = Path(sys.argv[1])
 subject = generate_subject(0, seed=3)
 moving = random_affine(np.random.default_rng(3))
 # A scanner's sagittal MPRAGE grid: 176 x 256 x 256 at 1 mm, LIA, centred on the moved brain.
-axes = np.array([[-1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]]).T
-affine = np.eye(4)
-affine[:3, :3] = axes
 shape = (176, 256, 256)
-centre = moving[:3, :3] @ np.array([0.0, -18.0, 15.0]) + moving[:3, 3]
-affine[:3, 3] = centre - axes @ (np.array(shape) - 1) / 2
+affine = centred_grid("sagittal", moved_brain_centre(moving), shape)
 nib.save(nib.Nifti1Image(sample_on_grid(subject["t1"], subject["affine"], moving, shape, affine) * 12, affine), work / "native_1mm.nii.gz")
 torch.manual_seed(0)
 save_checkpoint(work / "spin_random.pth", build_model("spin"))
