@@ -39,6 +39,8 @@ NATIVE_SHAPE, NATIVE_VOXEL_MM = (88, 128, 128), 2.0  # the 176 x 256 x 256 mm fi
 # lesion and healthy crops); one learning rate, no augmentation: what learns most in the fewest steps.
 TRAINING = dict(n_batch=16, crop_shape=[40, 40], positive_class_sample_rates=[0.7], learning_rates=[5e-3],
                 learning_schedule=[1000], max_steps=200, seed=1)
+# This seeded run measured Dice 0.40 in MNI space and 0.46 native (ratio 1.13) on the 2-core CPU of the README;
+# the floor leaves 0.1 of margin for other CPUs' rounding (a 45,776-parameter model after 200 steps is fragile).
 MNI_DICE_FLOOR = 0.3
 
 
@@ -88,7 +90,7 @@ def test_trained_network_keeps_its_dice_on_a_moved_x12_scan(checked):
     held_out = (raw / "data_split" / "traintest" / "test_subjects.txt").read_text().split()
     voxels = {row["subject"]: row["lesion_voxels"] for row in json.loads((raw / "synthetic_summary.json").read_text())["subjects"]}
     assert result["subject"] == max(held_out, key=voxels.get) and result["lesion_voxels_mni"] == max(voxels[name] for name in held_out)
-    # The network segments in MNI space (the floor is well below what this seeded run reaches: see README) ...
+    # The network segments in MNI space ...
     assert result["dice_mni"] >= MNI_DICE_FLOOR, result
     # ... and keeps at least 90% of that Dice on the moved, x12 scan through registration and back.
     assert result["dice_native"] >= 0.9 * result["dice_mni"], result
