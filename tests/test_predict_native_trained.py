@@ -21,14 +21,23 @@ import numpy as np
 import pytest
 import torch
 from conftest import SMALL_SPIN_CONFIG, assert_one_line_error, run_python
-from native_scans import COARSE_MNI_SHAPE, BRAIN_CENTRE_MM, centred_grid, coarse_template
+from native_scans import (
+    BRAIN_CENTRE_MM,
+    COARSE_MNI_SHAPE,
+    centred_grid,
+    coarse_template,
+)
 
 import spinseg.cli.predict as predict_cli
 from spinseg.cli import native_check as native_check_cli
 from spinseg.datasets.setup_atlas import setup_atlas
 from spinseg.datasets.synthetic import write_synthetic_atlas
 from spinseg.evaluation.metrics import dice_score
-from spinseg.experiments.native_check import NativeCheckConfig, native_check, run_predict_subprocess
+from spinseg.experiments.native_check import (
+    NativeCheckConfig,
+    native_check,
+    run_predict_subprocess,
+)
 from spinseg.inference import scan
 from spinseg.recipes.config import TrainConfig
 from spinseg.training.trainer import train
@@ -37,8 +46,8 @@ N_SUBJECTS, ATLAS_SEED = 40, 0  # 32 training subjects, 8 held out
 NATIVE_SHAPE, NATIVE_VOXEL_MM = (88, 128, 128), 2.0  # the 176 x 256 x 256 mm field of view of a 1 mm sagittal scan
 # 200 steps of 16 random 40 x 40 crops, 70% of them from lesion slices (as the main job's CPU recipe mixes
 # lesion and healthy crops); one learning rate, no augmentation: what learns most in the fewest steps.
-TRAINING = dict(n_batch=16, crop_shape=[40, 40], positive_class_sample_rates=[0.7], learning_rates=[5e-3],
-                learning_schedule=[1000], max_steps=200, seed=1)
+TRAINING = {"n_batch": 16, "crop_shape": [40, 40], "positive_class_sample_rates": [0.7], "learning_rates": [5e-3],
+            "learning_schedule": [1000], "max_steps": 200, "seed": 1}
 # This seeded run measured Dice 0.40 in MNI space and 0.46 native (ratio 1.13) on the 2-core CPU of the README;
 # the floor leaves 0.1 of margin for other CPUs' rounding (a 45,776-parameter model after 200 steps is fragile).
 MNI_DICE_FLOOR = 0.3

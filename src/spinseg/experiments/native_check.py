@@ -16,15 +16,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import nibabel as nib
 import numpy as np
 
 from spinseg.datasets.atlas_raw import R12, RawSubject, discover, load_subject
-from spinseg.datasets.native_scans import centred_grid, mean_displacement_mm, moved_brain_centre, random_affine, sample_on_grid
+from spinseg.datasets.native_scans import (
+    centred_grid,
+    mean_displacement_mm,
+    moved_brain_centre,
+    random_affine,
+    sample_on_grid,
+)
 from spinseg.datasets.splits import read_split
 from spinseg.errors import UserInputError, fail
 from spinseg.evaluation.metrics import dice_score
