@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from native_scans import (
+from spinseg.datasets.native_scans import (
     mean_displacement_mm,
     moved_head_box,
     native_grid,

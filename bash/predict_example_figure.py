@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import test_predict_native as native_test
-from native_scans import moved_head_box, native_grid, random_affine, sample_on_grid
+from spinseg.datasets.native_scans import moved_head_box, native_grid, random_affine, sample_on_grid
 
 import spinseg.cli.predict as predict_cli
 from spinseg.datasets.synthetic import generate_subject, load_head_model

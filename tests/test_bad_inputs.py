@@ -450,8 +450,6 @@ CASES = [
          ("blocked/checkpoints", "cannot create the checkpoint folder")),
     Case("train_negative_learning_rate", "negative learning rate",
          lambda w: w.train("lr", None, None, "--learning_rates", "-0.001", "--learning_schedule", "10"), ("--learning_rates", "-0.001")),
-    Case("train_even_n_chunk", "even n_chunk",
-         lambda w: w.train("chunk4", None, None, "--n_chunk", "4"), ("--n_chunk", "odd", "4")),
     Case("train_zero_n_chunk", "n_chunk < 1",
          lambda w: w.train("chunk0", None, None, "--n_chunk", "0"), ("--n_chunk", "0")),
     Case("train_zero_batch", "batch size 0",

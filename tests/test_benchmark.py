@@ -27,7 +27,7 @@ def quick_run(tmp_path_factory):
     """
     output = tmp_path_factory.mktemp("benchmark") / "benchmark.json"
     completed = run_python(["-m", "spinseg.benchmark", "--quick", "--models", "spin", "--isolate", "yes", "--bf16", "yes",
-                            "--output_json", str(output)], cwd=ROOT, timeout=600)
+                            "--end_to_end", "no", "--output_json", str(output)], cwd=ROOT, timeout=600)
     return completed, json.loads(output.read_text()) if output.is_file() else None
 
 
@@ -168,3 +168,40 @@ def test_training_phase_times_the_trainers_own_step_with_the_models_recipe(tmp_p
     assert recipe.learning_rates[0] != TrainConfig().learning_rates[0]
     assert calls == [(recipe.learning_rates[0], recipe.w_weight_decay, recipe.w_positive_class, False, True)] * 3
     assert len(result["seconds_per_step"]["all"]) == 2 and np.isfinite(result["first_step_loss"])
+
+
+def test_end_to_end_phase_times_predict_against_the_release_loop(tmp_path):
+    """``--end_to_end only --quick``: the three programs ran as fresh processes (registration on the moved
+    3 mm native scan, ours and the release loop on the MNI scan) and their masks agree."""
+    output = tmp_path / "benchmark.json"
+    completed = run_python(["-m", "spinseg.benchmark", "--quick", "--end_to_end", "only", "--end_to_end_repeats", "1",
+                            "--output_json", str(output)], cwd=ROOT, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    record = json.loads(output.read_text())["end_to_end"]
+    assert set(record["seconds"]) == {"register", "plain", "release_loop"}
+    assert all(times["best"] > 0 and len(times["all"]) == 1 for times in record["seconds"].values())
+    assert record["registration_seconds"] > 0
+    assert record["mni_shape"] == [197, 233, 189] and record["native_voxel_mm"] == 3.0
+    assert record["check"]["passed"], record["agreement_plain_vs_release_loop"]
+    assert record["speedup_plain_vs_release_loop"] == pytest.approx(
+        record["seconds"]["release_loop"]["best"] / record["seconds"]["plain"]["best"])
+    assert "predict end to end" in completed.stdout and "speed-up" in completed.stdout
+
+
+def test_release_loop_gives_the_mask_of_the_one_inference_path():
+    """The reference loop (one slice per forward, the model as trained) segments as predict_volume does."""
+    from spinseg.data.transforms import Normalization
+    from spinseg.experiments.end_to_end import QUICK_SPIN_WIDTHS
+    from spinseg.experiments.release_loop import release_slice_loop
+    from spinseg.inference.predictor import InferenceOptions, predict_volume
+    from spinseg.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("spin", **QUICK_SPIN_WIDTHS).eval()
+    volume = np.random.default_rng(0).normal(30.0, 35.0, size=(32, 36, 7)).astype(np.float32)
+    normalization = Normalization()
+    probabilities, _ = predict_volume(model, volume, InferenceOptions(normalization=normalization, prepare=False, batch_size=3))
+    mask = release_slice_loop(model, volume, 5, normalization)
+    assert mask.shape == volume.shape and mask.dtype == np.uint8
+    assert 0 < mask.sum() < mask.size  # the comparison sees both classes
+    np.testing.assert_array_equal(mask, (probabilities > 0.5).astype(np.uint8))

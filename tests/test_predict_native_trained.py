@@ -21,12 +21,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SMALL_SPIN_CONFIG, assert_one_line_error, run_python
-from native_scans import (
-    BRAIN_CENTRE_MM,
-    COARSE_MNI_SHAPE,
-    centred_grid,
-    coarse_template,
-)
+from native_scans import BRAIN_CENTRE_MM, COARSE_MNI_SHAPE, coarse_template
 
 import spinseg.cli.predict as predict_cli
 from spinseg.cli import native_check as native_check_cli
@@ -116,10 +111,12 @@ def test_native_check_writes_what_it_measured(checked):
     assert native.shape == truth.shape == mask.shape == NATIVE_SHAPE
     np.testing.assert_allclose(mask.affine, native.affine, atol=1e-5)
     np.testing.assert_allclose(native.affine, np.asarray(result["native_affine"]), atol=1e-5)
-    # The grid is sagittal LIA at 2 mm, centred on where the moved brain centre went.
+    # The grid is sagittal LIA at 2 mm, its middle voxel where the moved brain centre went.
     moving = np.asarray(result["moving_mni_to_scan_ras"])
-    np.testing.assert_allclose(native.affine, centred_grid("sagittal", moving[:3, :3] @ BRAIN_CENTRE_MM + moving[:3, 3], NATIVE_SHAPE, 2.0), atol=1e-5)
+    middle = native.affine @ np.append((np.array(NATIVE_SHAPE) - 1) / 2, 1.0)
+    np.testing.assert_allclose(middle[:3], moving[:3, :3] @ BRAIN_CENTRE_MM + moving[:3, 3], atol=1e-4)
     assert nib.aff2axcodes(native.affine) == ("L", "I", "A")
+    np.testing.assert_allclose(nib.affines.voxel_sizes(native.affine), [NATIVE_VOXEL_MM] * 3, atol=1e-6)
     # The Dice in the file is the Dice of the files.
     truth_voxels = np.asarray(truth.dataobj) > 0
     assert truth_voxels.sum() == result["lesion_voxels_native"] > 0

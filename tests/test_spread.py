@@ -71,3 +71,29 @@ def test_rows_over_seeds_are_mean_and_sample_sd(tmp_path, monkeypatch):
     assert row["table2"]["dice"]["sd"] == pytest.approx(0.1)  # sqrt(((-0.1)^2 + 0.1^2 + 0) / 2)
     assert row["table3"]["dice"]["min"] == pytest.approx(0.25) and row["table3"]["dice"]["max"] == pytest.approx(0.35)
     assert "| SPiN | 0.600 ± 0.100 |" in (tmp_path / "comparison_seeds.md").read_text()
+
+
+def test_seed_summary_of_evaluate_folders(tmp_path, capsys):
+    """``python -m spinseg.experiments.seeds DIR ...``: Table 2 mean ± sd over the folders' per_subject.json."""
+    from spinseg.experiments.seeds import main
+
+    def record(dice_counts, small_counts):
+        true_positive, false_positive, false_negative = dice_counts
+        small_tp, small_fp, small_fn = small_counts
+        dice = 2 * true_positive / (2 * true_positive + false_positive + false_negative)
+        return {"subject_id": "s", "dice": dice, "iou": dice / (2 - dice),
+                "precision": true_positive / (true_positive + false_positive),
+                "recall": true_positive / (true_positive + false_negative), "small_lesion_slices": 2,
+                "small_lesion_true_positive_voxels": small_tp, "small_lesion_false_positive_voxels": small_fp,
+                "small_lesion_false_negative_voxels": small_fn}
+
+    folders = []
+    for index, counts in enumerate([(10, 0, 10), (10, 10, 0), (20, 0, 0)]):  # Dice 2/3, 2/3, 1
+        folder = tmp_path / f"seed_{index}"
+        folder.mkdir()
+        (folder / "per_subject.json").write_text(json.dumps([record(counts, (1, 1, 0))]))
+        folders.append(str(folder))
+    assert main([*folders, "--output", str(tmp_path / "seeds.md")]) == 0
+    mean, sd = 7 / 9, float(np.std([2 / 3, 2 / 3, 1.0], ddof=1))
+    assert f"| SPiN | {mean:.3f} ± {sd:.3f} |" in (tmp_path / "seeds.md").read_text()
+    assert "0.667 ± 0.000 | 0.667–0.667 |" in capsys.readouterr().out  # small-lesion Dice 2/3 in every run

@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="each phase in a fresh process (auto: yes on CPU unless --quick; GPUs reset their peak in-process)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_json", "--output", dest="output_json", default="", help="write all results here")
+    parser.add_argument("--end_to_end", choices=("yes", "no", "only"), default="yes",
+                        help="also time predict end to end against the release's slice loop, each a fresh process "
+                             "(spinseg.experiments.end_to_end); only: nothing else (default: yes)")
+    parser.add_argument("--end_to_end_repeats", type=int, default=2, help="interleaved runs of each end-to-end program (default: 2)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (32x36x12, batch 2, 1 repeat) for tests")
     parser.add_argument("--phase", default="", help=argparse.SUPPRESS)  # internal: one phase as JSON
     return parser
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args.bf16_variants = not args.amp and (args.bf16 == "yes" or (args.bf16 == "auto" and native_bf16(device)))
     args.tf32 = tf32  # recorded in the results
     results = run_benchmark(args, device, names, skipped_models, isolate)
-    print(format_table(results) if results["models"] else "no model finished", flush=True)
+    print(format_table(results) if results["models"] or "end_to_end" in results else "no model finished", flush=True)
     print("PASS: optimised outputs agree with the plain path" if results["passed"] else "FAIL: see the check columns / JSON", flush=True)
     if args.output_json:
         write_results(args.output_json, {**results, "partial": False})

@@ -63,8 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
 def check_arguments(arguments: argparse.Namespace) -> None:
     """One-line errors for values no run can use (numbers: the one range table every command uses)."""
     check_numeric_flags({"threshold": arguments.threshold, "batch_size": arguments.batch_size, "n_chunk": arguments.n_chunk})
-    if arguments.n_chunk is not None and arguments.n_chunk % 2 == 0:
-        raise UserInputError(f"--n_chunk {arguments.n_chunk}: must be a positive odd number (slices centred on the one predicted)")
     output_dir = Path(arguments.output)
     if output_dir.exists() and not output_dir.is_dir():
         raise fail(output_dir, "--output exists and is not a folder")

@@ -68,8 +68,8 @@ class SliceTrainingDataset(Dataset):
     ):
         if len(scan_paths) != len(ground_truth_paths):
             raise ValueError("scan and ground truth lists differ in length")
-        if n_chunk < 1 or n_chunk % 2 == 0:
-            raise ValueError(f"n_chunk must be odd and >= 1, got {n_chunk}")
+        if n_chunk < 1:
+            raise ValueError(f"n_chunk must be >= 1, got {n_chunk}")
         self.scan_paths = list(scan_paths)
         self.ground_truth_paths = list(ground_truth_paths)
         self.n_chunk = n_chunk
@@ -102,12 +102,17 @@ class SliceTrainingDataset(Dataset):
             self._lesion_slices[index] = lesion_slice_indices(mask)
         return self._lesion_slices[index]
 
+    def choose_slice(self, index: int, mask: np.ndarray, rng: np.random.Generator) -> tuple[int, bool]:
+        """(axial slice of volume ``index`` to train on, whether it was drawn among the lesion slices)."""
+        positives = self.lesion_slices(index, mask)
+        use_positive = len(positives) > 0 and rng.random() < self.positive_class_sample_rate
+        slice_index = int(rng.choice(positives)) if use_positive else int(rng.integers(mask.shape[-1]))
+        return slice_index, use_positive
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, self.epoch, index))
         scan, mask = self.open_pair(index)
-        positives = self.lesion_slices(index, mask)
-        use_positive = len(positives) > 0 and rng.random() < self.positive_class_sample_rate
-        slice_index = int(rng.choice(positives)) if use_positive else int(rng.integers(scan.shape[-1]))
+        slice_index, use_positive = self.choose_slice(index, mask, rng)
 
         image = stack_slices(scan, slice_index, self.n_chunk, self.normalization.pad_value())
         target = (np.asarray(mask[..., slice_index]) > 0).astype(np.float32)[None]

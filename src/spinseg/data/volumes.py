@@ -86,17 +86,24 @@ def check_same_shape(scan: np.ndarray, scan_path, mask: np.ndarray, mask_path) -
         raise fail(mask_path, f"ground truth shape {mask.shape} != scan shape {scan.shape} of {scan_path}")
 
 
+def slice_window(index: int, n_chunk: int) -> tuple[int, int]:
+    """[first, stop) of the axial slices stacked for slice ``index``: centred for an odd ``n_chunk``
+    (i - n//2 .. i + n//2); for an even one the release's D-UNet window i - n/2 .. i + n/2 - 1 (4: i-2 .. i+1)."""
+    first = index - n_chunk // 2
+    return first, first + n_chunk
+
+
 def stack_slices(volume: np.ndarray, index: int, n_chunk: int, pad_value: float) -> np.ndarray:
-    """Stacks ``n_chunk`` adjacent axial slices centred on ``index``: (H, W, D) -> (n_chunk, H, W).
+    """Stacks the ``n_chunk`` axial slices of :func:`slice_window` around ``index``: (H, W, D) -> (n_chunk, H, W).
 
     Slices beyond the volume are filled with ``pad_value`` (the data set mean, as in the release).
     Only the needed slices are read, so this is cheap on a memory-mapped volume.
     """
-    half = n_chunk // 2
     depth = volume.shape[-1]
-    low, high = max(index - half, 0), min(index + half + 1, depth)
+    first, stop = slice_window(index, n_chunk)
+    low, high = max(first, 0), min(stop, depth)
     chunk = np.full((n_chunk,) + volume.shape[:2], pad_value, dtype=np.float32)
-    chunk[low - (index - half) : high - (index - half)] = np.moveaxis(np.asarray(volume[..., low:high], dtype=np.float32), -1, 0)
+    chunk[low - first : high - first] = np.moveaxis(np.asarray(volume[..., low:high], dtype=np.float32), -1, 0)
     return chunk
 
 

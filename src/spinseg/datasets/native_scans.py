@@ -1,10 +1,6 @@
 """Synthetic scans as they come off a scanner: an MNI-space subject moved by a known random affine
-and sampled on a native grid (sagittal 1 mm LIA, axial 0.9 x 0.9 x 5 mm, ...).
-
-Used by the registration tests, the registration-library comparison, the predict benchmark and the
-main job's native-space check (:mod:`spinseg.experiments.native_check`), so all of them move a
-subject the same way.
-"""
+and sampled on a native grid (sagittal 1 mm, axial 0.9 x 0.9 x 5 mm, ...), for the registration tests
+the registration-library comparison and the benchmark's end-to-end predict phase."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,10 +8,6 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 BRAIN_CENTRE_MM = np.array([0.0, -18.0, 15.0])
-# Columns: the world direction of voxel axes i, j, k. Sagittal MPRAGE: LIA (i -> left, j -> inferior,
-# k -> anterior); axial: RAS.
-GRID_AXES = {"sagittal": np.array([[-1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]]).T, "axial": np.eye(3)}
-DEFAULT_VOXEL_MM = {"sagittal": (1.0, 1.0, 1.0), "axial": (0.9, 0.9, 5.0)}
 
 
 def random_affine(rng: np.random.Generator, rotation_deg: float = 15.0, shift_mm: float = 30.0,
@@ -30,42 +22,28 @@ def random_affine(rng: np.random.Generator, rotation_deg: float = 15.0, shift_mm
     return matrix
 
 
-def grid_axes(kind: str, voxel_mm=None) -> tuple[np.ndarray, np.ndarray]:
-    """(3x3 unit axes as columns, (3,) voxel sizes in mm) of a ``sagittal`` or ``axial`` scanner grid."""
-    if kind not in GRID_AXES:
-        raise ValueError(kind)
-    sizes = np.asarray(DEFAULT_VOXEL_MM[kind] if voxel_mm is None else voxel_mm, float)
-    return GRID_AXES[kind], np.broadcast_to(sizes, (3,)).astype(float)
-
-
 def native_grid(kind: str, head_low: np.ndarray, head_high: np.ndarray, voxel_mm=None) -> tuple[tuple[int, int, int], np.ndarray]:
     """(shape, 4x4 affine) of a scanner grid covering the world box [head_low, head_high] (mm).
 
-    ``sagittal``: LIA orientation, default 1 mm; ``axial``: RAS orientation, default 0.9 x 0.9 x 5 mm.
+    ``sagittal``: LIA orientation (i -> left, j -> inferior, k -> anterior), default 1 mm;
+    ``axial``: RAS orientation, default 0.9 x 0.9 x 5 mm.
     """
-    axes, sizes = grid_axes(kind, voxel_mm)
+    if kind == "sagittal":
+        sizes = np.full(3, 1.0) if voxel_mm is None else np.asarray(voxel_mm, float)
+        axes = np.array([[-1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]]).T  # columns: world direction of i, j, k
+    elif kind == "axial":
+        sizes = np.array([0.9, 0.9, 5.0]) if voxel_mm is None else np.asarray(voxel_mm, float)
+        axes = np.eye(3)
+    else:
+        raise ValueError(kind)
     affine = np.eye(4)
     affine[:3, :3] = axes * sizes
     extent = np.abs(axes.T) @ (head_high - head_low)
     shape = tuple(int(np.ceil(length / size)) + 1 for length, size in zip(extent, sizes))
     # Start at the corner of the box that voxel (0, 0, 0) must sit on for these axis directions.
-    affine[:3, 3] = np.where(axes.sum(axis=1) < 0, head_high, head_low)
+    corner = np.where(axes.sum(axis=1) < 0, head_high, head_low)
+    affine[:3, 3] = corner
     return shape, affine
-
-
-def centred_grid(kind: str, centre_mm: np.ndarray, shape, voxel_mm=None) -> np.ndarray:
-    """4x4 affine of a scanner grid of fixed ``shape`` (e.g. sagittal 176 x 256 x 256) whose middle
-    voxel sits on the world point ``centre_mm`` (3,), as a scanner centres its box on the head."""
-    axes, sizes = grid_axes(kind, voxel_mm)
-    affine = np.eye(4)
-    affine[:3, :3] = axes * sizes
-    affine[:3, 3] = np.asarray(centre_mm, float) - affine[:3, :3] @ ((np.asarray(shape, float) - 1) / 2)
-    return affine
-
-
-def moved_brain_centre(moving: np.ndarray) -> np.ndarray:
-    """Where the MNI brain centre lands in scan world mm (3,) under the 4x4 ``moving``."""
-    return moving[:3, :3] @ BRAIN_CENTRE_MM + moving[:3, 3]
 
 
 def moved_head_box(volume: np.ndarray, affine: np.ndarray, moving: np.ndarray, margin_mm: float = 10.0):
@@ -82,20 +60,19 @@ def sample_on_grid(volume: np.ndarray, affine: np.ndarray, moving: np.ndarray, s
                                     order=order, mode="constant", cval=0.0).astype(np.float32)
 
 
+def sagittal_scanner_scan(t1: np.ndarray, affine: np.ndarray, moving: np.ndarray,
+                          shape: tuple[int, int, int] = (176, 256, 256), voxel_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A scanner's sagittal MPRAGE of an MNI-space head ``t1`` (on ``affine``) moved by ``moving``:
+    (X, Y, Z) float32 on a LIA grid of ``shape`` at ``voxel_mm``, centred on the moved brain, and its 4x4 affine."""
+    axes = np.array([[-1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]]).T * voxel_mm  # columns: world step of i, j, k
+    grid_affine = np.eye(4)
+    grid_affine[:3, :3] = axes
+    centre = moving[:3, :3] @ BRAIN_CENTRE_MM + moving[:3, 3]
+    grid_affine[:3, 3] = centre - axes @ (np.array(shape) - 1) / 2
+    return sample_on_grid(t1, affine, moving, shape, grid_affine), grid_affine
+
+
 def mean_displacement_mm(recovered: np.ndarray, truth: np.ndarray, points_mm: np.ndarray) -> float:
     """Mean distance (mm) between two 4x4 maps applied to (N, 3) points."""
     difference = (recovered - truth)[:3]
     return float(np.linalg.norm(points_mm @ difference[:, :3].T + difference[:, 3], axis=1).mean())
-
-
-__all__ = [
-    "BRAIN_CENTRE_MM",
-    "centred_grid",
-    "grid_axes",
-    "mean_displacement_mm",
-    "moved_brain_centre",
-    "moved_head_box",
-    "native_grid",
-    "random_affine",
-    "sample_on_grid",
-]

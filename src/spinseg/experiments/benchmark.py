@@ -737,7 +737,7 @@ def run_benchmark(args, device: torch.device, names: list[str], skipped_models: 
         scan_paths, mask_paths = write_synthetic_volumes(workdir, args.volumes, (args.height, args.width, args.depth), args.seed)
         data = {"scan_paths": scan_paths, "mask_paths": mask_paths}
         results["models"], results["skipped_models"], results["failed_models"] = [], skipped_models, {}
-        for name in names:
+        for name in names if args.end_to_end != "only" else []:
             print(f"benchmarking {name} ...", flush=True)
             try:
                 results["models"].append(benchmark_model(name, args, device, data, matmul_rates, isolate, workdir))
@@ -745,13 +745,33 @@ def run_benchmark(args, device: torch.device, names: list[str], skipped_models: 
             except Exception as error:  # one broken model must not hide the others' figures, but fails the run
                 results["failed_models"][name] = f"{type(error).__name__}: {str(error)[-1500:]}"
                 print(f"  {name} FAILED: {results['failed_models'][name]}", flush=True)
-        results["data_loading"] = benchmark_data_loading(args, device, data, isolate)
+        results["data_loading"] = benchmark_data_loading(args, device, data, isolate) if args.end_to_end != "only" else []
+        if args.end_to_end != "no":
+            results["end_to_end"] = benchmark_end_to_end(args, device, workdir)
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
 
     checks = [v["check"] for record in results["models"] for group in ("inference", "training")
               for v in record[group].values() if "check" in v]
-    results["passed"] = bool(results["models"]) and not results["failed_models"] and all(check["passed"] for check in checks)
+    if "end_to_end" in results:
+        checks.append(results["end_to_end"]["check"])
+    finished = bool(results["models"]) or args.end_to_end == "only"
+    results["passed"] = finished and not results["failed_models"] and all(check["passed"] for check in checks)
     return results
+
+
+def benchmark_end_to_end(args, device: torch.device, workdir: Path) -> dict:
+    """The end-to-end predict programs (:mod:`spinseg.experiments.end_to_end`) with ``--checkpoint spin=...``
+    or seeded random weights; checked: our mask equals the release loop's but for rounding (Dice >= 0.999)."""
+    from spinseg.experiments.end_to_end import run_end_to_end, write_checkpoint
+
+    print("predict end to end ...", flush=True)
+    directory = workdir / "end_to_end"
+    directory.mkdir()
+    checkpoint = args.checkpoints.get("spin") or write_checkpoint(directory, args.quick, args.seed)
+    record = run_end_to_end(checkpoint, directory, args.end_to_end_repeats, args.quick, device=device.type)
+    record["check"] = {"passed": record["agreement_plain_vs_release_loop"]["dice"] >= 0.999,
+                       "what": "Dice of our mask against the release loop's >= 0.999"}
+    return record
 
 
 def interleaved_phases(specs: dict[str, dict], repeats_key: str, repeats: int, isolate: bool, label: str) -> dict[str, dict]:
@@ -858,6 +878,10 @@ def format_table(results: dict) -> str:
         lines.append(f"{name:8} skipped (does not import): {reason}")
     for name, reason in results["failed_models"].items():
         lines.append(f"{name:8} FAILED: {reason.splitlines()[-1] if reason else ''}")
+    if "end_to_end" in results:
+        from spinseg.experiments.end_to_end import format_end_to_end
+
+        lines += format_end_to_end(results["end_to_end"])
     for result in results["data_loading"]:
         lines.append(f"data loading ({result['n_workers']} workers, augmentation p={result['augmentation_probability']}): "
                      f"{result['slices_per_second']:.1f} slices/s, peak {result['peak_memory_mb']:.0f} MB (main process)")

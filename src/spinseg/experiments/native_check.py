@@ -25,10 +25,9 @@ import numpy as np
 
 from spinseg.datasets.atlas_raw import R12, RawSubject, discover, load_subject
 from spinseg.datasets.native_scans import (
-    centred_grid,
     mean_displacement_mm,
-    moved_brain_centre,
     random_affine,
+    sagittal_scanner_scan,
     sample_on_grid,
 )
 from spinseg.datasets.splits import read_split
@@ -36,8 +35,6 @@ from spinseg.errors import UserInputError, fail
 from spinseg.evaluation.metrics import dice_score
 from spinseg.inference.scan import output_paths, scan_name
 from spinseg.io.files import atomic_path, write_json
-
-NATIVE_KIND = "sagittal"
 
 
 @dataclass(frozen=True)
@@ -110,10 +107,9 @@ def move_subject(t1: np.ndarray, mask: np.ndarray, affine: np.ndarray, config: N
     "affine": grid 4x4, "moving": MNI mm -> scan mm 4x4}``."""
     moving = random_affine(np.random.default_rng(config.seed), config.rotation_deg, config.shift_mm, config.scale)
     shape = tuple(int(size) for size in config.native_shape)
-    grid_affine = centred_grid(NATIVE_KIND, moved_brain_centre(moving), shape, (config.voxel_mm,) * 3)
-    scan = sample_on_grid(t1, affine, moving, shape, grid_affine) * np.float32(config.intensity_scale)
+    scan, grid_affine = sagittal_scanner_scan(t1, affine, moving, shape, config.voxel_mm)
     truth = sample_on_grid(mask.astype(np.float32), affine, moving, shape, grid_affine) >= 0.5
-    return {"scan": scan, "truth": truth, "affine": grid_affine, "moving": moving}
+    return {"scan": scan * np.float32(config.intensity_scale), "truth": truth, "affine": grid_affine, "moving": moving}
 
 
 def run_predict_subprocess(arguments: list[str]) -> int:

@@ -1,11 +1,17 @@
 """``python -m spinseg.compare --seeds 1 2 3``: the same comparison once per seed, rows as mean ± sd.
 
+``python -m spinseg.experiments.seeds DIR ...`` summarises evaluations made already (one
+``evaluate --output_path DIR`` per seed, e.g. by ``bash/spin/seed_spread_synthetic_cpu.sh``).
+
 One training run says little on its own (oneDNN's kernels differ by CPU and hundreds of steps amplify
 rounding), so each model's Table 2 and Table 3 values are reported over seeds: mean, sample standard
 deviation and the range.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +65,29 @@ def compare_over_seeds(seeds: list[int], output_dir: str, **compare_arguments) -
     write_json(output / "comparison_seeds.json", summary)
     print("\n" + table + f"\n\nwrote {output / 'comparison_seeds.md'}", flush=True)
     return summary
+
+
+def rows_from_evaluation(output_dir: str | Path, model: str = "spin", display_name: str = "SPiN") -> list[dict]:
+    """One evaluation's Table 2 / Table 3 row, from the ``per_subject.json`` evaluate wrote, as compare's rows."""
+    records = json.loads((Path(output_dir) / "per_subject.json").read_text())
+    return [{"model": model, "display_name": display_name, "table2": reporting.release_row_from_records(records),
+             "table3": reporting.small_lesion_row_from_records(records)}]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prints (and writes to ``--output``) the mean ± sd table over the given evaluation folders."""
+    parser = argparse.ArgumentParser(prog="python -m spinseg.experiments.seeds",
+                                     description="Table 2 / Table 3 of one model as mean ± sd over seeds, from evaluate's folders")
+    parser.add_argument("evaluations", nargs="+", help="evaluate output folders, one per seed (each holds per_subject.json)")
+    parser.add_argument("--output", default="", help="markdown file to write the table to (default: print only)")
+    args = parser.parse_args(argv)
+    summary = summarise_over_seeds({index: rows_from_evaluation(folder) for index, folder in enumerate(args.evaluations)})
+    table = seeds_markdown(summary)
+    print(f"over {len(args.evaluations)} runs: {', '.join(args.evaluations)}\n\n{table}")
+    if args.output:
+        write_text(args.output, f"# SPiN over seeds\n\nmean ± sample sd; runs: {', '.join(args.evaluations)}\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,7 +22,7 @@ from torch import nn
 from spinseg.acceleration import inference as acceleration
 from spinseg.data.images import resize_probabilities
 from spinseg.data.transforms import Normalization
-from spinseg.data.volumes import stack_slices
+from spinseg.data.volumes import slice_window, stack_slices
 
 # A voxel is lesion when its probability exceeds this; the background-skipping check uses it.
 MASK_THRESHOLD = 0.5
@@ -109,17 +109,17 @@ def iterate_slice_batches(
 def background_windows(volume: np.ndarray, n_chunk: int, pad_value: float, background_value: float) -> np.ndarray:
     """Which axial slices' whole input window is background: (H, W, D) -> (D,) bool.
 
-    Slice i's window is slices i - n_chunk//2 ... i + n_chunk//2; slices past the volume's ends are
+    Slice i's window is :func:`spinseg.data.volumes.slice_window`'s; slices past the volume's ends are
     filled with ``pad_value``, so an end slice counts only when ``pad_value`` is itself background.
     Every such window is the same constant input, hence gives the same network output.
     """
-    depth, half = volume.shape[-1], n_chunk // 2
+    depth = volume.shape[-1]
     # One pass over the volume (read once, slice by slice along the memory-mapped last axis).
     slice_is_background = np.asarray(volume == background_value).reshape(-1, depth).all(axis=0)
     padding_is_background = pad_value == background_value
     windows = np.zeros(depth, dtype=bool)
     for index in range(depth):
-        low, high = index - half, index + half + 1
+        low, high = slice_window(index, n_chunk)
         if (low < 0 or high > depth) and not padding_is_background:
             continue
         windows[index] = slice_is_background[max(low, 0) : min(high, depth)].all()

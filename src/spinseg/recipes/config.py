@@ -35,6 +35,7 @@ FROM_CHECKPOINT = "default: from the checkpoint's preprocessing record, else the
 # Losses and optimisers the trainer builds by name (spinseg.training.losses implements them).
 LOSS_NAMES = ("cross_entropy", "bce_dice", "soft_dice", "eml", "two_class_cross_entropy")
 OPTIMIZER_NAMES = ("adam", "sgd")
+LR_SCHEDULE_NAMES = ("steps", "plateau")
 
 
 @dataclass
@@ -51,15 +52,29 @@ class TrainConfig:
     model_config: str = option("", "JSON object (or JSON file) of constructor arguments; empty: the model's defaults")
     # Input: n_chunk adjacent axial slices; crop_shape trains on crops (CPU recipes), empty = full slices.
     n_batch: int = option(8, "slices per optimiser step (all processes together)", BATCH_FLAG)
-    n_chunk: int = option(5, "adjacent axial slices stacked as input channels (odd)")
+    n_chunk: int = option(5, "adjacent axial slices stacked as input channels: odd n centred on the target, "
+                          "even n the release D-UNet's i-n/2 .. i+n/2-1")
     crop_shape: list[int] = option([], "train on random crops HEIGHT WIDTH; empty: whole slices")
     dataset_normalization: str = option("standard", "intensity normalisation: standard ((x - mean) / std) or none")
     dataset_means: list[float] = option([ATLAS_MEAN], "mean per input channel (one value: all channels)")
     dataset_stddevs: list[float] = option([ATLAS_STD], "standard deviation per input channel")
+    release_inputs: str = option("", "prepare training and validation inputs as the release preset of this method "
+                                 "(xnet, clcinet, dunet, kiunet; docs/release_presets.md): its fixed window or resize, "
+                                 "intensity scaling and slice stack replace --crop_shape and --dataset_normalization; "
+                                 "evaluate with --preset (default: none)")
     # Optimisation: learning_rates[i] holds until epoch learning_schedule[i]; the last entry ends training.
     learning_rates: list[float] = option([3e-4, 1e-4, 5e-5], "Adam learning rate per schedule segment")
     learning_schedule: list[int] = option([400, 1400, 1600], "epoch at which each learning rate ends; the last ends training")
     w_weight_decay: float = option(0.0, "Adam weight decay")
+    # X-Net's and CLCI-Net's release: Keras ReduceLROnPlateau and EarlyStopping on the validation loss.
+    lr_schedule: str = option("steps", "learning-rate schedule: steps (--learning_rates until each --learning_schedule "
+                              "epoch) or plateau (--learning_rates[0], times --plateau_factor whenever the validation "
+                              "loss has not improved for --plateau_patience validations)")
+    plateau_factor: float = option(0.2, "plateau schedule: learning-rate multiplier at each reduction")
+    plateau_patience: int = option(3, "plateau schedule: validations without improvement before a reduction (Keras's count)")
+    plateau_min_delta: float = option(1e-3, "plateau schedule: an improvement lowers the validation loss by more than this")
+    early_stopping_patience: int = option(0, "stop after this many validations without a lower validation loss (0: never)")
+    validation_epochs: int = option(0, "validate every this many epochs instead of every --n_validation steps (0: by steps)")
     # Sampling: pick a slice containing lesion with this probability (-1 in a schedule = forever).
     positive_class_sample_rates: list[float] = option([0.95], "probability of drawing a slice with lesion, per segment")
     positive_class_sample_schedule: list[int] = option([-1], "epoch at which each sample rate ends (-1: never)")
@@ -184,8 +199,6 @@ def schedule_value(values: list, schedule: list[int], epoch: int):
 def validate_train_config(config: TrainConfig) -> None:
     """Raises a one-line ``UserInputError`` for a value no training run can use."""
     problems = numeric_problems(dataclasses.asdict(config))  # the one range table
-    if config.n_chunk < 1 or config.n_chunk % 2 == 0:
-        problems.append(f"--n_chunk must be odd and >= 1 (got {config.n_chunk})")
     if not config.learning_rates or not config.dataset_stddevs:
         problems.append("--learning_rates and --dataset_stddevs need at least one value")
     if len(config.learning_rates) != len(config.learning_schedule):
@@ -209,6 +222,12 @@ def validate_train_config(config: TrainConfig) -> None:
         problems.append(f"--loss_func_segmentation {config.loss_func_segmentation!r} is not one of {', '.join(LOSS_NAMES)}")
     if config.optimizer not in OPTIMIZER_NAMES:
         problems.append(f"--optimizer {config.optimizer!r} is not one of {', '.join(OPTIMIZER_NAMES)}")
+    problems += release_input_problems(config)
+    if config.lr_schedule not in LR_SCHEDULE_NAMES:
+        problems.append(f"--lr_schedule {config.lr_schedule!r} is not one of {', '.join(LR_SCHEDULE_NAMES)}")
+    watches_validation_loss = config.lr_schedule == "plateau" or config.early_stopping_patience > 0
+    if watches_validation_loss and not (config.n_validation or config.validation_epochs):
+        problems.append("--lr_schedule plateau and --early_stopping_patience need --n_validation or --validation_epochs")
     if min(config.n_summary, config.n_checkpoint) < 1 or config.n_validation < 0:
         problems.append("--n_summary and --n_checkpoint must be >= 1, --n_validation >= 0")
     if config.dataset_normalization not in ("standard", "none"):
@@ -219,6 +238,26 @@ def validate_train_config(config: TrainConfig) -> None:
         problems.append("give both --val_multimodal_scan_paths and --val_ground_truth_path, or neither")
     if problems:
         raise UserInputError("invalid training configuration: " + "; ".join(problems))
+
+
+def release_input_problems(config: TrainConfig) -> list[str]:
+    """What keeps ``--release_inputs`` from applying: an unknown preset, another model, slice count or a crop."""
+    from spinseg.recipes.release_presets import PRESETS
+
+    name = config.release_inputs
+    if not name:
+        return []
+    if name not in PRESETS or name in ("spin", "unet"):
+        return [f"--release_inputs {name!r} is not one of xnet, clcinet, dunet, kiunet"]
+    preset = PRESETS[name]
+    problems = []
+    if config.model_name != preset.name:
+        problems.append(f"--release_inputs {name} prepares inputs for --model {preset.name}, not {config.model_name}")
+    if config.n_chunk != preset.n_slices:
+        problems.append(f"--release_inputs {name} stacks {preset.n_slices} slice(s): give --n_chunk {preset.n_slices}")
+    if config.crop_shape:
+        problems.append(f"--release_inputs {name} uses the release's fixed window: leave --crop_shape empty")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,6 +296,8 @@ NUMERIC_BOUNDS: dict[str, Bounds] = {
     "n_batch": Bounds(1), "batch_size": Bounds(1), "val_batch_size": Bounds(1), "n_chunk": Bounds(1),
     "n_workers": Bounds(0), "n_thread": Bounds(0), "n_summary": Bounds(1), "n_checkpoint": Bounds(1),
     "n_validation": Bounds(0), "max_steps": Bounds(-1), "seed": Bounds(0),
+    "plateau_patience": Bounds(1), "early_stopping_patience": Bounds(0), "validation_epochs": Bounds(0),
+    "plateau_factor": Bounds(0, 1, open_low=True, open_high=True), "plateau_min_delta": Bounds(0),
     # schedules, in epochs (-1: forever)
     "learning_schedule": Bounds(1), "augmentation_schedule": Bounds(-1), "positive_class_sample_schedule": Bounds(-1),
     # weights, rates and sizes
@@ -296,7 +337,5 @@ def check_numeric_flags(values: dict) -> None:
 def validate_evaluate_config(config: "EvaluateConfig") -> None:
     """Raises a one-line ``UserInputError`` for an evaluation setting no run can use, before any work."""
     problems = numeric_problems(dataclasses.asdict(config))
-    if config.n_chunk is not None and config.n_chunk % 2 == 0:
-        problems.append(f"--n_chunk {config.n_chunk}: must be odd (slices centred on the one predicted)")
     if problems:
         raise UserInputError("invalid evaluation configuration: " + "; ".join(problems))

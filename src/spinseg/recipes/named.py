@@ -83,7 +83,7 @@ RECIPES = {
     ),
     "dunet": ModelRecipe(
         "dunet", "D-UNet", 5, train=dict(DIVIDE_BY_100),
-        note="5 slices (its paper: 4; our slice stacks are centred, so odd), T1 / 100 as the release's h5 export",
+        note="5 centred slices like SPiN's (its paper and dunet_release: 4, i-2 .. i+1), T1 / 100 as the release's h5 export",
     ),
     "clcinet": ModelRecipe("clcinet", "CLCI-Net", 1, train=dict(DIVIDE_BY_100), note="1 slice, T1 / 100"),
     # Full-resolution branches: whole 197x233 slices at batch 8 need ~46 GiB to train and ~37 GiB to
@@ -136,6 +136,12 @@ SLICES_PER_VOLUME = 189  # one release epoch = 189 of this trainer's epochs
 NO_AUGMENTATION = {"augmentation_probabilities": [0.0], "augmentation_schedule": [-1], "augmentation_noise_spread": 0.0}
 
 
+# X-Net's and CLCI-Net's Keras callbacks (X-Net/main.py:40-41, CLCI-Net/main.py:46-47): ReduceLROnPlateau and
+# EarlyStopping on val_loss at the end of every release epoch; its validation batches held 9 slices (main.py:49).
+KERAS_PLATEAU = {"lr_schedule": "plateau", "plateau_factor": 0.2, "plateau_patience": 3, "plateau_min_delta": 1e-3,
+                 "early_stopping_patience": 5, "validation_epochs": SLICES_PER_VOLUME, "val_batch_size": 9}
+
+
 def release_epochs(epochs: int) -> list[int]:
     """A one-entry schedule ending after ``epochs`` release epochs, in this trainer's epochs."""
     return [epochs * SLICES_PER_VOLUME]
@@ -144,39 +150,40 @@ def release_epochs(epochs: int) -> list[int]:
 RELEASE_RECIPES = {
     "xnet_release": ModelRecipe(
         "xnet_release", model_name="xnet", display_name="X-Net (release recipe)", n_chunk=1,
-        train={**DIVIDE_BY_100, **NO_AUGMENTATION, "loss_func_segmentation": "bce_dice", "optimizer": "adam",
+        train={**DIVIDE_BY_100, **NO_AUGMENTATION, **KERAS_PLATEAU, "loss_func_segmentation": "bce_dice", "optimizer": "adam",
                "learning_rates": [1e-3], "learning_schedule": release_epochs(100), "n_batch": 8,
-               "crop_shape": [192, 224], "w_weight_decay": 2e-5,
+               "release_inputs": "xnet", "w_weight_decay": 2e-5,
                "checkpoint_path": "trained_xnet/atlas/xnet_release_traintest"},
-        note="BCE + Dice, Adam 1e-3, batch 8, 224x192 crop, L2 1e-5 on kernels (main.py:19,35; loss.py:15-16; model.py:17)",
+        note="BCE + Dice, Adam 1e-3 reduced x0.2 after 3 release epochs without a lower validation loss, early stop "
+        "after 5, batch 8, the fixed window [5:229, 2:194] of the transposed slice, T1/100, L2 1e-5 on kernels (main.py:19,35,40-41; loss.py:15-16; model.py:17)",
     ),
     "clcinet_release": ModelRecipe(
         "clcinet_release", model_name="clcinet", display_name="CLCI-Net (release recipe)", n_chunk=1,
-        train={**DIVIDE_BY_100, **NO_AUGMENTATION, "loss_func_segmentation": "soft_dice", "optimizer": "adam",
+        train={**DIVIDE_BY_100, **NO_AUGMENTATION, **KERAS_PLATEAU, "loss_func_segmentation": "soft_dice", "optimizer": "adam",
                "learning_rates": [1e-4], "learning_schedule": release_epochs(100), "n_batch": 8,
-               "crop_shape": [176, 224], "checkpoint_path": "trained_clcinet/atlas/clcinet_release_traintest"},
-        note="soft Dice, Adam 1e-4, batch 8, 224x176 crop, no L2 (main.py:21,41; CLCI_Net.py:6-13; custom_layer.py:7)",
+               "release_inputs": "clcinet", "checkpoint_path": "trained_clcinet/atlas/clcinet_release_traintest"},
+        note="soft Dice, Adam 1e-4 on a plateau schedule as X-Net's, batch 8, the fixed window [5:229, 11:187], T1/100, no L2 "
+        "(main.py:21,41,46-47; CLCI_Net.py:6-13; custom_layer.py:7)",
     ),
     "dunet_release": ModelRecipe(
-        "dunet_release", model_name="dunet", display_name="D-UNet (release recipe)", n_chunk=5,
-        train={**DIVIDE_BY_100, "loss_func_segmentation": "eml", "optimizer": "sgd", "learning_rates": [1e-5],
+        "dunet_release", model_name="dunet", display_name="D-UNet (release recipe)", n_chunk=4,
+        train={**DIVIDE_BY_100, "release_inputs": "dunet", "loss_func_segmentation": "eml", "optimizer": "sgd", "learning_rates": [1e-5],
                "learning_schedule": release_epochs(150), "n_batch": 36, "augmentation_probabilities": [1.0],
                "augmentation_schedule": [-1], "augmentation_rotate": 20.0, "augmentation_flip_type": ["horizontal"],
                "augmentation_resize_and_pad": [0.8, 1.2], "augmentation_noise_spread": 0.0,
                "checkpoint_path": "trained_dunet/atlas/dunet_release_traintest"},
         note="focal + Dice 'EML', SGD 1e-5, batch 36, 150 epochs, rotation 20, zoom 0.2, horizontal flip "
-        "(Stroke_segment.py:262-263,278,306-307,328; Statistics.py:95-108); 5 slices here, the release 4",
+        "(Stroke_segment.py:262-263,278,306-307,328; Statistics.py:95-108); 4 slices i-2 .. i+1, 192x192 uint8/Lanczos/min-max",
     ),
     "kiunet_release": ModelRecipe(
         "kiunet_release", model_name="kiunet", display_name="KiU-Net (release recipe)", n_chunk=1,
         train={**ATLAS_STANDARD, "loss_func_segmentation": "two_class_cross_entropy", "optimizer": "adam",
                "learning_rates": [1e-4], "learning_schedule": release_epochs(20), "n_batch": 4, "w_weight_decay": 1e-5,
-               "crop_shape": [128, 128], "augmentation_probabilities": [1.0], "augmentation_schedule": [-1],
-               "augmentation_flip_type": ["horizontal"], "augmentation_rotate": 0.0,
-               "augmentation_resize_and_pad": [1.0, 1.0], "augmentation_noise_spread": 0.0,
+               "release_inputs": "kiunet", **NO_AUGMENTATION,
                "checkpoint_path": "trained_kiunet/atlas/kiunet_release_traintest"},
-        note="2-class cross-entropy, Adam 1e-4 with weight decay 1e-5, batch 4, 20 epochs, 128x128, flip 0.5 "
-        "(bash/KiU-Net/train.sh; train.py:135,173-176; metrics.py:26-37)",
+        note="2-class cross-entropy, Adam 1e-4 with weight decay 1e-5, batch 4, 20 epochs, per-slice uint8 resized to "
+        "128x128, no augmentation: the training set gets the flip-free transform and --aug is off "
+        "(bash/KiU-Net/train.sh; train.py:70,137,173-176,199; metrics.py:26-37)",
     ),
 }
 

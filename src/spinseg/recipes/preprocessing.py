@@ -68,7 +68,10 @@ class PreprocessingFlags:
 def preprocessing_record(train_config) -> dict:
     """The ``preprocessing`` record of a model trained with ``train_config`` (a TrainConfig or its dict)."""
     values = train_config if isinstance(train_config, dict) else asdict(train_config)
-    return {"n_chunk": int(values["n_chunk"]), **{key: values[key] for key in NORMALIZATION_KEYS}, "threshold": DEFAULT_THRESHOLD}
+    record = {"n_chunk": int(values["n_chunk"]), **{key: values[key] for key in NORMALIZATION_KEYS}, "threshold": DEFAULT_THRESHOLD}
+    if values.get("release_inputs"):  # trained on a release preset's inputs: only --preset prepares them so
+        record["release_inputs"] = values["release_inputs"]
+    return record
 
 
 def read_model_file(path: str | os.PathLike) -> dict:
@@ -133,6 +136,9 @@ def resolve_preprocessing(checkpoint: dict, flags: PreprocessingFlags, path="che
     named = recipe(flags.recipe) if flags.recipe else None
     stored, source = stored_preprocessing(checkpoint)
     check_conflicts(path, flags, stored, named.model if named else None)
+    if stored.get("release_inputs"):
+        warn(f"{path}: trained on the release's {stored['release_inputs']} inputs (--release_inputs); these "
+             f"slices are prepared otherwise: evaluate with --preset {stored['release_inputs']}")
     model_name = flags.model_name or stored.get("model_name") or (named.model if named else "spin")
     model_class(model_name)  # an unknown name: one line listing the known ones
     if named is None or named.model != model_name:

@@ -40,13 +40,28 @@ def resize_uint8_slices(slices: np.ndarray, preset: ReleasePreset) -> np.ndarray
     return np.stack([np.asarray(Image.fromarray(one).resize((width, height), resample)) for one in slices])
 
 
-def dunet_intensities(slices: np.ndarray, preset: ReleasePreset) -> np.ndarray:
-    """D-UNet: uint8(T1 * 2.55), crop, Lanczos resize, then per-patient min-max -> (D, 192, 192) in [0, 1]."""
+def dunet_uint8_grid(slices: np.ndarray, preset: ReleasePreset) -> np.ndarray:
+    """D-UNet before its min-max: uint8(T1 * 2.55), crop, Lanczos resize -> (D, 192, 192) float64 in [0, 255]."""
     # float64 as nibabel's get_fdata gave the release; values above 100 wrap in the uint8 cast there too.
     as_uint8 = np.multiply(slices.astype(np.float64), 2.55).astype(np.uint8)
-    resized = resize_uint8_slices(crop_slices(as_uint8, preset), preset).astype(np.float64)
-    resized -= resized.min()
-    peak = resized.max()
+    return resize_uint8_slices(crop_slices(as_uint8, preset), preset).astype(np.float64)
+
+
+def dunet_range(volume: np.ndarray, preset: ReleasePreset) -> tuple[float, float]:
+    """(min, max) of a whole (H, W, D) volume's :func:`dunet_uint8_grid`: D-UNet's per-patient min-max."""
+    grid = dunet_uint8_grid(release_slices(volume, preset), preset)
+    return float(grid.min()), float(grid.max())
+
+
+def dunet_intensities(slices: np.ndarray, preset: ReleasePreset, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """D-UNet: :func:`dunet_uint8_grid`, then per-patient min-max -> (D, 192, 192) in [0, 1].
+
+    ``value_range``: the patient's (min, max) when ``slices`` are only some of its slices (training samples).
+    """
+    resized = dunet_uint8_grid(slices, preset)
+    low, high = value_range if value_range is not None else (resized.min(), resized.max())
+    resized -= low
+    peak = high - low
     # An all-zero volume would divide by zero (NaN in the release); it stays zero here.
     return resized / peak if peak > 0 else resized
 
@@ -63,11 +78,15 @@ def kiunet_intensities(slices: np.ndarray, preset: ReleasePreset) -> np.ndarray:
     return resize_uint8_slices(crop_slices(as_uint8, preset), preset).astype(np.float64) / 255.0
 
 
-def prepared_slices(volume: np.ndarray, preset: ReleasePreset) -> np.ndarray:
-    """(H, W, D) -> (D, h, w) float64: every slice prepared as the release prepared it, before stacking."""
+def prepared_slices(volume: np.ndarray, preset: ReleasePreset, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """(H, W, D) -> (D, h, w) float64: every slice prepared as the release prepared it, before stacking.
+
+    ``value_range``: D-UNet's per-patient (min, max) (:func:`dunet_range`) when ``volume`` holds only some
+    of the patient's slices; None computes it from ``volume``.
+    """
     slices = release_slices(volume, preset)
     if preset.intensity == presets.DUNET_UINT8:
-        return dunet_intensities(slices, preset)
+        return dunet_intensities(slices, preset, value_range)
     if preset.intensity == presets.KIUNET_SLICE_UINT8:
         return kiunet_intensities(slices, preset)
     cropped = crop_slices(slices.astype(np.float64), preset)
@@ -87,7 +106,7 @@ def stack_channels(prepared: np.ndarray, preset: ReleasePreset) -> np.ndarray:
     """
     depth = prepared.shape[0]
     count = preset.n_slices
-    offset = (count - 1) // 2 if preset.centred_slices else count // 2
+    offset = stack_offset(preset)
     # After the z-score the dataset mean is 0, so both fills are zeros in the prepared units.
     stacked = np.zeros((depth, count) + prepared.shape[1:], dtype=np.float32)
     for channel in range(count):
@@ -98,9 +117,31 @@ def stack_channels(prepared: np.ndarray, preset: ReleasePreset) -> np.ndarray:
     return stacked
 
 
+def stack_offset(preset: ReleasePreset) -> int:
+    """How many slices below the target a stack starts: (n - 1) / 2 centred, else n / 2 (D-UNet: i-2 .. i+1)."""
+    return (preset.n_slices - 1) // 2 if preset.centred_slices else preset.n_slices // 2
+
+
 def model_inputs(volume: np.ndarray, preset: ReleasePreset) -> np.ndarray:
     """A raw (H, W, D) volume -> (D, C, h, w) float32 model inputs, one per axial slice."""
     return stack_channels(prepared_slices(volume, preset), preset)
+
+
+def slice_model_input(volume: np.ndarray, index: int, preset: ReleasePreset,
+                      value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """``model_inputs(volume, preset)[index]``, (C, h, w) float32, reading only the slices it stacks.
+
+    D-UNet's min-max needs the whole patient: pass ``value_range`` (:func:`dunet_range`), computed once
+    per volume, or it is computed here from the whole volume.
+    """
+    depth, offset = volume.shape[-1], stack_offset(preset)
+    low, high = max(index - offset, 0), min(index - offset + preset.n_slices, depth)
+    if preset.intensity == presets.DUNET_UINT8 and value_range is None:
+        value_range = dunet_range(volume, preset)
+    window = prepared_slices(np.asarray(volume[..., low:high]), preset, value_range)
+    stacked = np.zeros((preset.n_slices,) + window.shape[1:], dtype=np.float32)
+    stacked[low - (index - offset) : high - (index - offset)] = window  # zeros beyond the volume, as stack_channels
+    return stacked
 
 
 def ground_truth_on_grid(ground_truth: np.ndarray, preset: ReleasePreset) -> np.ndarray:

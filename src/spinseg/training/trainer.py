@@ -48,6 +48,14 @@ from spinseg.runtime.devices import (
 )
 from spinseg.training.epoch_loader import EpochSettingsDataset, EpochSettingsSampler
 from spinseg.training.losses import build_loss, build_optimizer
+from spinseg.training.plateau import (
+    EarlyStopping,
+    build_plateau_scheduler,
+    validation_loss,
+    volume_batches,
+    watches_validation_loss,
+)
+from spinseg.training.release_data import ReleaseSliceTrainingDataset, release_validation_metrics, release_volume_batches
 from spinseg.training.run_folder import (
     CHECKPOINT_PATTERN,
     check_free_space,
@@ -69,7 +77,8 @@ from spinseg.runtime.distributed import (
 )
 
 # Settings a resumed run must share with the run it continues, or its steps would mean something else.
-RESUME_INVARIANTS = ("model_name", "n_batch", "n_chunk", "seed", "learning_rates", "learning_schedule", "crop_shape")
+RESUME_INVARIANTS = ("model_name", "n_batch", "n_chunk", "seed", "learning_rates", "learning_schedule", "crop_shape",
+                     "release_inputs")
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -99,7 +108,10 @@ def check_resume_config(path: Path, saved: dict, config: TrainConfig) -> None:
 
 
 def validate(model, scan_paths, ground_truth_paths, config: TrainConfig, normalization, device) -> dict:
-    """Release metrics per validation subject (3-D volume, or 2-D RGB image), averaged over subjects."""
+    """Release metrics per validation subject (3-D volume, or 2-D RGB image), averaged over subjects;
+    with ``--release_inputs`` on the preset's grid, as ``evaluate --preset`` scores them."""
+    if config.release_inputs:
+        return release_validation_metrics(model, scan_paths, ground_truth_paths, config, device)
     records = []
     options = InferenceOptions(normalization=normalization, n_chunk=config.n_chunk, batch_size=config.val_batch_size,
                                device=device, amp=config.amp, prepare=True, skip_background=True)
@@ -174,6 +186,11 @@ class TrainingRun:
     writer: Any = None  # tensorboard SummaryWriter, main process only
     # The loss stays on the device between reads: loss.item() every step would wait for the GPU.
     loss_tracker: DeviceLossTracker = field(default_factory=DeviceLossTracker)
+    # --lr_schedule plateau / --early_stopping_patience (spinseg.training.plateau); None otherwise.
+    scheduler: Any = None
+    early_stopping: EarlyStopping | None = None
+    stopped: bool = False  # early stopping ended the run
+    validated_step: int = -1  # the last step validated (the end of the run does not validate it twice)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,10 +213,10 @@ def read_training_inputs(config: TrainConfig) -> TrainingInputs:
 
 
 def restore_training_state(config: TrainConfig, checkpoint_dir: Path, model: torch.nn.Module, model_config: dict,
-                           optimizer: torch.optim.Optimizer) -> tuple[int, dict, float, dict | None]:
+                           optimizer: torch.optim.Optimizer) -> tuple[int, dict, float, dict | None, dict]:
     """Loads ``--restore_path`` (or, with ``--resume``, the run's latest complete checkpoint) into
     ``model`` and restores the RNGs; returns (step, best validation, last loss, the optimizer's saved
-    state). The optimizer state is loaded by the caller once the model is on its device, so Adam's
+    state, the saved train state). The optimizer state is loaded by the caller once the model is on its device, so Adam's
     moments follow the parameters there (:func:`spinseg.runtime.devices.load_optimizer_state`)."""
     step, best, loss = 0, {"dice": -1.0, "step": 0}, float("nan")
     restore, checkpoint = config.restore_path, None
@@ -211,7 +228,7 @@ def restore_training_state(config: TrainConfig, checkpoint_dir: Path, model: tor
             check_resume_config(restore, checkpoint.get("train_config", {}), config)
             print(f"resuming from {restore}", flush=True)
     if not restore:
-        return step, best, loss, None
+        return step, best, loss, None, {}
     if is_hdf5_file(restore):  # the authors' Keras weights: no optimizer or training state
         checkpoint, loaded = {}, load_model(restore, config.model_name, **model_config)
     else:
@@ -225,7 +242,7 @@ def restore_training_state(config: TrainConfig, checkpoint_dir: Path, model: tor
     loss = float(train_state.get("loss", float("nan")))
     if "rng_state" in checkpoint:
         set_rng_state(checkpoint["rng_state"])
-    return step, best, loss, checkpoint.get("optimizer_state_dict")
+    return step, best, loss, checkpoint.get("optimizer_state_dict"), train_state
 
 
 def wrap_for_training(model: torch.nn.Module, config: TrainConfig, context: DistributedContext,
@@ -248,22 +265,29 @@ def build_training_data(config: TrainConfig, context: DistributedContext, device
     if config.n_batch % context.world_size:
         raise UserInputError(f"--n_batch {config.n_batch} must be divisible by the {context.world_size} processes")
     per_process_batch = config.n_batch // context.world_size
-    dataset_class = ImageTrainingDataset if inputs.two_dimensional else SliceTrainingDataset
-    dataset = dataset_class(
-        inputs.scan_paths,
-        inputs.ground_truth_paths,
-        n_chunk=config.n_chunk,
-        normalization=normalization,
-        augmentation=AugmentationConfig(
-            tuple(config.augmentation_flip_type),
-            config.augmentation_rotate,
-            config.augmentation_noise_type,
-            config.augmentation_noise_spread,
-            tuple(config.augmentation_resize_and_pad),
-        ),
-        crop_shape=config.crop_shape or None,
-        seed=config.seed,
+    augmentation = AugmentationConfig(
+        tuple(config.augmentation_flip_type),
+        config.augmentation_rotate,
+        config.augmentation_noise_type,
+        config.augmentation_noise_spread,
+        tuple(config.augmentation_resize_and_pad),
     )
+    if config.release_inputs:  # the release's window, scaling and stack (spinseg.training.release_data)
+        if inputs.two_dimensional:
+            raise UserInputError("--release_inputs prepares 3-D ATLAS volumes, not 2-D images")
+        dataset = ReleaseSliceTrainingDataset(inputs.scan_paths, inputs.ground_truth_paths, config.release_inputs,
+                                              augmentation=augmentation, seed=config.seed)
+    else:
+        dataset_class = ImageTrainingDataset if inputs.two_dimensional else SliceTrainingDataset
+        dataset = dataset_class(
+            inputs.scan_paths,
+            inputs.ground_truth_paths,
+            n_chunk=config.n_chunk,
+            normalization=normalization,
+            augmentation=augmentation,
+            crop_shape=config.crop_shape or None,
+            seed=config.seed,
+        )
     sampler = ResumableDistributedSampler(dataset, context.world_size, context.rank, config.seed)
     # The loader draws its workers' base seed from this generator, re-seeded every epoch, instead of
     # from the global torch RNG: otherwise each epoch (and each resume) would advance the global RNG
@@ -310,7 +334,7 @@ def build_run(config: TrainConfig) -> TrainingRun:
                                 config.learning_rates[0], config.w_weight_decay)
     if context.is_main and checkpoint_dir.is_dir():
         lock_run_folder(checkpoint_dir)  # before a resume cleans or reads the folder
-    step, best, loss, optimizer_state = restore_training_state(config, checkpoint_dir, model, model_config, optimizer)
+    step, best, loss, optimizer_state, train_state = restore_training_state(config, checkpoint_dir, model, model_config, optimizer)
 
     model.to(device)
     # Channels-last layout, exact CPU batch statistics, in-place block activations (spinseg.acceleration.training).
@@ -334,9 +358,29 @@ def build_run(config: TrainConfig) -> TrainingRun:
     run = TrainingRun(config, context, device, model, forward_model, optimizer, data, normalization,
                       inputs.validation_lists, checkpoint_dir, checkpoint_bytes, total_steps,
                       build_loss(config.loss_func_segmentation, config.w_positive_class), step=step, best=best, loss=loss)
+    start_plateau(run, train_state, inputs.two_dimensional)
     if context.is_main:
         open_log(run, inputs.first_shape, model_config)
     return run
+
+
+def start_plateau(run: TrainingRun, train_state: dict, two_dimensional: bool) -> None:
+    """The plateau scheduler and early stopping of the run (spinseg.training.plateau), as a resumed
+    checkpoint left them; after the optimizer state, whose learning rate the scheduler keeps."""
+    config = run.config
+    if not watches_validation_loss(config):
+        return
+    if run.validation_lists is None:  # as Keras's callbacks without validation data: warned, then inactive
+        if run.context.is_main:
+            warn("--lr_schedule plateau / --early_stopping_patience watch the validation loss, but no validation "
+                 "lists were given: the learning rate stays --learning_rates[0] and training runs to the end")
+        return
+    if two_dimensional:
+        raise UserInputError("--lr_schedule plateau / --early_stopping_patience: validation loss of 3-D volumes only")
+    run.scheduler = build_plateau_scheduler(run.optimizer, config)
+    run.early_stopping = EarlyStopping(config.early_stopping_patience, **train_state.get("early_stopping", {}))
+    if run.scheduler is not None and "lr_scheduler" in train_state:
+        run.scheduler.load_state_dict(train_state["lr_scheduler"])
 
 
 def open_log(run: TrainingRun, first_shape: tuple, model_config: dict) -> None:
@@ -400,6 +444,8 @@ def start_epoch(run: TrainingRun, epoch: int) -> float:
     data.dataset.positive_class_sample_rate = schedule_value(
         config.positive_class_sample_rates, config.positive_class_sample_schedule, epoch
     )
+    if run.scheduler is not None:  # the plateau scheduler sets the rate at validations
+        return run.optimizer.param_groups[0]["lr"]
     learning_rate = schedule_value(config.learning_rates, config.learning_schedule, epoch)
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate
@@ -416,10 +462,16 @@ def log_step(run: TrainingRun, images: torch.Tensor, targets: torch.Tensor, logi
     run.writer.add_images("train/scan_groundtruth_prediction", image_grid(images, targets, logits.detach()), run.step)
 
 
+def validates_now(run: TrainingRun) -> bool:
+    """Whether this step validates: every ``--validation_epochs`` epochs, else every ``--n_validation`` steps."""
+    config = run.config
+    interval = config.validation_epochs * run.data.steps_per_epoch if config.validation_epochs else config.n_validation
+    return bool(interval and run.step % interval == 0)
+
+
 def saves_now(run: TrainingRun) -> bool:
     """Whether this step validates or saves a checkpoint."""
-    config = run.config
-    return run.step % config.n_checkpoint == 0 or bool(config.n_validation and run.step % config.n_validation == 0)
+    return run.step % run.config.n_checkpoint == 0 or validates_now(run)
 
 
 def loss_is_read(run: TrainingRun) -> bool:
@@ -437,12 +489,25 @@ def after_step(run: TrainingRun) -> None:
         config = run.config
         # Validation first, so the checkpoint of this step already holds its "best": a run
         # resumed from it then neither repeats nor loses that validation.
-        if config.n_validation and run.step % config.n_validation == 0:
+        if validates_now(run):
             validate_and_keep_best(run)
         if run.context.is_main and run.step % config.n_checkpoint == 0:
             save_step_checkpoint(run)
 
     run_on_all_ranks(run.context.enabled, run.device, validate_and_save)
+    if run.context.enabled and run.early_stopping is not None:
+        share_plateau_decision(run)
+
+
+def share_plateau_decision(run: TrainingRun) -> None:
+    """Under torchrun: every rank takes the main process's learning rate and early-stopping decision."""
+    import torch.distributed as dist
+
+    decision = [run.optimizer.param_groups[0]["lr"], run.stopped]
+    dist.broadcast_object_list(decision, src=0)
+    for group in run.optimizer.param_groups:
+        group["lr"] = decision[0]
+    run.stopped = decision[1]
 
 
 def train_epoch(run: TrainingRun, progress) -> None:
@@ -460,7 +525,7 @@ def train_epoch(run: TrainingRun, progress) -> None:
             progress.set_postfix(loss=f"{run.loss:.4f}", lr=f"{learning_rate:.1e}", epoch=epoch)
         log_step(run, images, targets, logits, learning_rate)
         after_step(run)
-        if run.step >= run.total_steps:
+        if run.step >= run.total_steps or run.stopped:
             break
 
 
@@ -473,7 +538,10 @@ def validate_and_keep_best(run: TrainingRun) -> None:
     """Main process with validation lists: validates, logs, and saves ``best.pth`` when Dice improved."""
     if run.validation_lists is None or not run.context.is_main:
         return
+    run.validated_step = run.step
     metrics = validate(run.model, *run.validation_lists, run.config, run.normalization, run.device)
+    if run.early_stopping is not None:
+        step_plateau(run)
     run.model.train()
     for name, value in metrics.items():
         run.writer.add_scalar(f"validation/{name}", value, run.step)
@@ -488,6 +556,31 @@ def validate_and_keep_best(run: TrainingRun) -> None:
     )
 
 
+def step_plateau(run: TrainingRun) -> None:
+    """Main process: the validation loss, then the plateau scheduler's step and the early-stopping check."""
+    batches = release_volume_batches if run.config.release_inputs else volume_batches
+    loss = validation_loss(run.model, *run.validation_lists, run.config, run.normalization, run.loss_function,
+                           run.device, batches)
+    if run.scheduler is not None:
+        run.scheduler.step(loss)
+    run.stopped = run.early_stopping.update(loss)
+    learning_rate = run.optimizer.param_groups[0]["lr"]
+    run.writer.add_scalar("validation/loss", loss, run.step)
+    print(f"step {run.step}: validation loss {loss:.4f}, learning rate {learning_rate:.3g}"
+          + (f"; no lower validation loss for {run.early_stopping.wait} validations: stopping" if run.stopped else ""),
+          flush=True)
+
+
+def plateau_state(run: TrainingRun) -> dict:
+    """The plateau scheduler's and early stopping's state for a checkpoint (nothing without them)."""
+    if run.early_stopping is None:
+        return {}
+    state = {"early_stopping": {"best": run.early_stopping.best, "wait": run.early_stopping.wait}}
+    if run.scheduler is not None:
+        state["lr_scheduler"] = run.scheduler.state_dict()
+    return state
+
+
 def save_step_checkpoint(run: TrainingRun) -> Path:
     """Writes this step's checkpoint (weights, optimizer, train state, RNGs, config); returns its path."""
     # A disk that filled up during training stops the run here, before a write could fail
@@ -498,7 +591,8 @@ def save_step_checkpoint(run: TrainingRun) -> Path:
         path,
         run.model,
         optimizer_state_dict=run.optimizer.state_dict(),
-        train_state={"step": run.step, "epoch": run.step // run.data.steps_per_epoch, "best": run.best, "loss": run.loss},
+        train_state={"step": run.step, "epoch": run.step // run.data.steps_per_epoch, "best": run.best, "loss": run.loss,
+                     **plateau_state(run)},
         rng_state=rng_state(),
         train_config=asdict(run.config),
     )
@@ -515,7 +609,8 @@ def finish_run(run: TrainingRun) -> None:
 
     def finish() -> None:
         if run.context.is_main:
-            validate_and_keep_best(run)
+            if run.validated_step != run.step:  # early stopping has just validated this step
+                validate_and_keep_best(run)
             save_step_checkpoint(run)
             run.writer.flush()
             run.writer.close()
@@ -532,7 +627,7 @@ def train(config: TrainConfig) -> dict:
     progress = progress_bar(total=run.total_steps, initial=run.step, enabled=run.context.is_main, desc="train", dynamic_ncols=True)
     run.model.train()
     start_time, start_step = time.time(), run.step
-    while run.step < run.total_steps:
+    while run.step < run.total_steps and not run.stopped:
         train_epoch(run, progress)
     progress.close()
     finish_run(run)
@@ -542,6 +637,7 @@ def train(config: TrainConfig) -> dict:
         print(f"done: {run.step} steps in {seconds:.0f} s, last loss {run.loss:.4f}; checkpoints in {run.checkpoint_dir}", flush=True)
     return {
         "steps": run.step,
+        "stopped_early": run.stopped,
         "final_loss": run.loss,
         "best": run.best,
         "seconds": seconds,
