@@ -6,10 +6,11 @@ scanner grids at coarser voxels (sagittal LIA 2 mm instead of 1 mm; axial 1.8 x 
 0.9 x 0.9 x 5 mm). ``bash/compare_registration_libraries.py`` runs the 1 mm versions.
 
 The subjects are synthetic whole-head ATLAS subjects (:func:`spinseg.datasets.synthetic.generate_subject`)
-with two bright spherical lesions painted in MNI space (the ground truth). A trained network is far
-too slow here, so the model is a deterministic test double that segments: a threshold of the
-*normalised* intensity wrapped as an ``nn.Module`` (it finds the bright lesions, and it sees
-exactly what a network would see, so intensity units matter to it as they do to a network).
+with two bright spherical lesions painted in MNI space (the ground truth). The model is a
+deterministic test double that segments: a threshold of the *normalised* intensity wrapped as an
+``nn.Module`` (it finds the bright lesions, and it sees exactly what a network would see, so
+intensity units matter to it as they do to a network). The same check with a trained SPiN is
+tests/test_predict_native_trained.py.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import numpy as np
 import pytest
 import torch
 from native_scans import (
+    COARSE_MNI_SHAPE,
+    coarse_template,
     mean_displacement_mm,
     moved_head_box,
     native_grid,
@@ -35,7 +38,7 @@ from spinseg.datasets.synthetic import generate_subject, load_head_model
 from spinseg.inference import registration, scan
 from spinseg.inference.lesion_report import lesion_table, size_bin_label
 
-SHAPE = (66, 78, 63)
+SHAPE = COARSE_MNI_SHAPE
 LESIONS_MNI_MM = ((-26.0, -10.0, 22.0, 9.0), (24.0, -40.0, 8.0, 6.0))  # (x, y, z, radius) in white matter
 LESION_LEVEL, THRESHOLD_LEVEL = 2.2, 1.6  # x the white-matter level of the subject
 NORMALIZATION = Normalization("standard", [30.20063], [35.221165])
@@ -60,11 +63,6 @@ def double_preprocessing():
     from spinseg.recipes.preprocessing import Preprocessing
 
     return Preprocessing("spin", {}, 5, NORMALIZATION.kind, list(NORMALIZATION.means), list(NORMALIZATION.stddevs), 0.5, "test double")
-
-
-def coarse_template() -> scan.Grid:
-    """The MNI template box at ~3 mm, on the head model's own corner-aligned grid (no resampling needed)."""
-    return scan.Grid(SHAPE, load_head_model(SHAPE).affine)
 
 
 def dice(first: np.ndarray, second: np.ndarray) -> float:
