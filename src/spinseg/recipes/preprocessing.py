@@ -128,13 +128,14 @@ def check_conflicts(path, flags: PreprocessingFlags, stored: dict, recipe_model:
 def resolve_preprocessing(checkpoint: dict, flags: PreprocessingFlags, path="checkpoint") -> Preprocessing:
     """The preprocessing to use ``checkpoint`` with: flags, else the checkpoint, else the recipe."""
     from spinseg.models import model_class
-    from spinseg.models.model_config import model_input_config
+    from spinseg.models.model_config import check_model_config, model_input_config
 
     named = recipe(flags.recipe) if flags.recipe else None
     stored, source = stored_preprocessing(checkpoint)
     check_conflicts(path, flags, stored, named.model if named else None)
     model_name = flags.model_name or stored.get("model_name") or (named.model if named else "spin")
     model_class(model_name)  # an unknown name: one line listing the known ones
+    check_model_config(model_name, flags.model_config)  # unknown key, wrong type: one line naming --model_config's file
     if named is None or named.model != model_name:
         named = RECIPES.get(model_name)
     if not source and named:
@@ -163,24 +164,41 @@ def resolve_preprocessing(checkpoint: dict, flags: PreprocessingFlags, path="che
 
 
 def load_with_preprocessing(path: str | os.PathLike, flags: PreprocessingFlags):
-    """Loads the model at ``path`` (eval mode) with the preprocessing it needs: (model, Preprocessing)."""
+    """Loads the model at ``path`` (eval mode) with the preprocessing it needs: (model, Preprocessing).
+
+    The network's input width must equal the stacked slices: a checkpoint trained on other slices than
+    ``--n_chunk`` (or the recipe's) is one line naming both, whether or not it records its slices.
+    """
     from spinseg.models import keras_weights
-    from spinseg.models.checkpoint import load_model, load_safetensors, model_from_checkpoint
+    from spinseg.models.checkpoint import CheckpointMismatch, load_model, load_safetensors, model_from_checkpoint
 
     if keras_weights.is_hdf5_file(path):
         # The authors' Keras files record no preprocessing (the recipe gives it) but fix the network,
         # its input width included: the slices are what the built model takes.
         preprocessing = resolve_preprocessing({}, flags, path)
         model = load_model(path, preprocessing.model_name, **flags.model_config)
-        preprocessing.n_chunk = int(getattr(model, "in_channels", preprocessing.n_chunk))
+        width = int(getattr(model, "in_channels", preprocessing.n_chunk))
+        if flags.n_chunk is not None and flags.n_chunk != width:
+            raise fail(path, f"the model was trained on {width} stacked slices, not --n_chunk {flags.n_chunk}")
+        preprocessing.n_chunk = width
         preprocessing.model_config = dict(getattr(model, "config", {}))
         return model, preprocessing
     checkpoint = read_model_file(path)
     preprocessing = resolve_preprocessing(checkpoint, flags, path)
-    if Path(path).suffix == ".safetensors":
-        model = load_safetensors(path, preprocessing.model_name, **preprocessing.model_config)
-    else:
-        model = model_from_checkpoint(checkpoint, path, preprocessing.model_name, **preprocessing.model_config)
+    try:
+        if Path(path).suffix == ".safetensors":
+            model = load_safetensors(path, preprocessing.model_name, **preprocessing.model_config)
+        else:
+            model = model_from_checkpoint(checkpoint, path, preprocessing.model_name, **preprocessing.model_config)
+    except CheckpointMismatch as error:
+        if error.trained_width is None or "input_channels" in flags.model_config:
+            raise
+        chosen = f"--n_chunk {flags.n_chunk}" if flags.n_chunk is not None else \
+            f"the {preprocessing.n_chunk} of {preprocessing.source or 'the default'} (give --n_chunk {error.trained_width})"
+        raise fail(path, f"the model was trained on {error.trained_width} stacked slices, not {chosen}") from None
+    width = int(getattr(model, "in_channels", preprocessing.n_chunk))
+    if width != preprocessing.n_chunk:  # --model_config input_channels said otherwise than the slices
+        raise fail(path, f"model {preprocessing.model_name!r} takes {width} stacked slices, not --n_chunk {preprocessing.n_chunk}")
     return model.eval(), preprocessing
 
 

@@ -35,7 +35,7 @@ from spinseg.models.checkpoint import (
     save_checkpoint,
 )
 from spinseg.models.keras_weights import is_hdf5_file
-from spinseg.models.model_config import model_input_config, parse_model_config
+from spinseg.models.model_config import check_model_config, model_input_config, parse_model_config
 from spinseg.recipes.config import TrainConfig, schedule_value, validate_train_config
 from spinseg.recipes.preprocessing import preprocessing_record
 from spinseg.runtime.devices import (
@@ -302,7 +302,9 @@ def build_run(config: TrainConfig) -> TrainingRun:
 
     checkpoint_dir = Path(config.checkpoint_path)
     channels_per_slice = 3 if inputs.two_dimensional else 1
-    model_config = model_input_config(config.model_name, config.n_chunk, channels_per_slice, parse_model_config(config.model_config))
+    given_config = parse_model_config(config.model_config)
+    check_model_config(config.model_name, given_config)  # unknown key, wrong type: one line naming the file
+    model_config = model_input_config(config.model_name, config.n_chunk, channels_per_slice, given_config)
     model = build_model(config.model_name, **model_config)
     model.preprocessing = preprocessing_record(config)  # saved in every checkpoint: evaluate/predict need no flags
     # Loss and optimiser by name: SPiN's (cross_entropy, adam) or a baseline's release recipe.
