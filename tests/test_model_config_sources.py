@@ -227,3 +227,64 @@ def test_other_layer_widths_are_one_short_line_with_the_advice(tmp_path):
     assert message.startswith(f"{SMALL_SPIN_RELEASE_CHECKPOINT}: checkpoint does not fit model 'spin' as configured (shape ")
     assert "(4, 5, 5, 5) != (16, 5, 5, 5)" in message and message.endswith("give the model config it was trained with (--model_config)")
     assert len(message) < 400 and "\n" not in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile inputs of the third round: what a user gives is named as what it is.
+
+
+def test_a_folder_where_a_file_is_meant_is_called_a_folder(tmp_path):
+    from spinseg.data.volumes import read_path_list
+    from spinseg.models.checkpoint import read_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    our_checkpoint(run / "checkpoints" / "best.pth")
+    with pytest.raises(UserInputError, match=rf"^{run}: is a folder, not a checkpoint file \(it holds checkpoints/best.pth\)$"):
+        read_checkpoint(run)
+    with pytest.raises(UserInputError, match=rf"^{run}: is a folder, not a checkpoint file"):
+        load_with_preprocessing(run, PreprocessingFlags())
+    with pytest.raises(UserInputError, match=rf"^{tmp_path / 'nothing.pth'}: checkpoint not found$"):
+        read_checkpoint(tmp_path / "nothing.pth")
+    listing = tmp_path / "scans.txt"
+    listing.write_text(f"{run}\n")
+    with pytest.raises(UserInputError, match=rf"^{listing}: line 1: {run} is a folder, not a file$"):
+        read_path_list(listing)
+    with pytest.raises(UserInputError, match=rf"^{tmp_path}: is a folder, not a path list file \(it holds scans.txt\)$"):
+        read_path_list(tmp_path)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"model_state_dict": None}, "its model_state_dict is missing or not a dict of tensors (found NoneType)"),
+    ({"model_state_dict": [1, 2]}, "its model_state_dict is missing or not a dict of tensors (found list)"),
+    ({"preprocessing": {"n_chunk": "five"}}, "its recorded n_chunk must be a whole number >= 1 (found 'five')"),
+    ({"preprocessing": {"n_chunk": 5, "threshold": 1.5}}, "its recorded threshold must be a number in (0, 1) (found 1.5)"),
+    ({"model_name": 7}, "its recorded model_name must be text (found 7)"),
+])
+def test_a_damaged_checkpoint_record_is_one_line_not_a_traceback(tmp_path, change, words):
+    path = tmp_path / "damaged.pth"
+    checkpoint = read_checkpoint(our_checkpoint(tmp_path / "ours.pth"))
+    for key, value in change.items():
+        if value is None:
+            checkpoint.pop(key)
+        else:
+            checkpoint[key] = value
+    torch.save(checkpoint, path)
+    with pytest.raises(UserInputError) as error:
+        load_with_preprocessing(path, PreprocessingFlags())
+    assert str(error.value) == f"{path}: {words}"
+
+
+def test_a_key_given_twice_is_refused():
+    with pytest.raises(UserInputError, match=r"key 'use_batch_norm' is given twice$"):
+        parse_model_config('{"use_batch_norm": true, "n_filters": [4], "use_batch_norm": false}')
+
+
+def test_a_zip_archive_given_as_a_checkpoint_is_called_one(tmp_path):
+    import zipfile
+
+    archive_path = tmp_path / "release.zip"
+    with zipfile.ZipFile(archive_path, "w") as archive:
+        archive.write(SMALL_SPIN_RELEASE_CHECKPOINT, "spin/spin_atlas_traintest.pth")
+    with pytest.raises(UserInputError, match=r"a zip archive of spin/spin_atlas_traintest.pth, not a saved model: unpack it"):
+        read_checkpoint(archive_path)

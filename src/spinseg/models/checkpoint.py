@@ -17,13 +17,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spinseg.errors import UserInputError, fail
+from spinseg.errors import UserInputError, fail, missing
 from spinseg.io.budgets import check_checkpoint_file
 from spinseg.io.files import atomic_path
 from spinseg.models import build_model, keras_weights, kiunet
 from spinseg.models.model_config import check_model_config
 
 CHECKPOINT_FORMAT = "spinseg-checkpoint-v1"
+# The files a checkpoint flag takes: ours and the release's .pth, exports, the authors' Keras weights.
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".h5", ".hdf5")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -33,7 +35,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise fail(path, "checkpoint not found")
+        raise missing(path, "checkpoint", suffixes=CHECKPOINT_SUFFIXES)
     check_checkpoint_file(path)
     try:
         with warnings.catch_warnings():  # torch warns about odd pickles on stderr; the error line says it all
@@ -134,6 +136,13 @@ def not_a_checkpoint_reason(path: Path, error: Exception) -> str:
         return "it is a safetensors file; give it a .safetensors name"
     if not head:
         return "empty file"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if not any(name.endswith("data.pkl") for name in names):  # torch's zips hold <name>/data.pkl
+            shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+            return (f"a zip archive of {shown}, not a saved model: unpack it, or install the authors' release "
+                    "with python -m spinseg.download --zip_path")
     if head[:2] == b"PK" and not zipfile.is_zipfile(path):
         return "truncated or damaged zip"
     if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
@@ -217,11 +226,19 @@ def model_from_checkpoint(checkpoint: dict, path, name: str, **config) -> nn.Mod
             raise fail(path, f"its recorded model_config is not a dict (found {type(recorded).__name__})")
         check_model_config(name, recorded, f"{path}: its recorded model_config")
         config, what = {**recorded, **config}, f"model {name!r}"
-        checkpoint = checkpoint["model_state_dict"]
+        checkpoint = our_state_dict(checkpoint, path)
     model = build_model(name, **config)
     check_fit(model, checkpoint, path, name, config)
     load_state_dict_checked(model, checkpoint, path, what)
     return model
+
+
+def our_state_dict(checkpoint: dict, path) -> dict:
+    """The ``model_state_dict`` of one of our checkpoints; one line when it is missing or holds other than tensors."""
+    state = checkpoint.get("model_state_dict")
+    if not (isinstance(state, dict) and is_state_dict(state)):
+        raise fail(path, f"its model_state_dict is missing or not a dict of tensors (found {type(state).__name__})")
+    return state
 
 
 class CheckpointMismatch(UserInputError):
@@ -406,7 +423,7 @@ def export_safetensors(checkpoint_path: str | os.PathLike, output_path: str | os
     checkpoint = read_checkpoint(checkpoint_path)
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise fail(checkpoint_path, "only spinseg checkpoints can be exported (load release files with load_model)")
-    tensors = {key: value.contiguous() for key, value in checkpoint["model_state_dict"].items()}
+    tensors = {key: value.contiguous() for key, value in our_state_dict(checkpoint, checkpoint_path).items()}
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "model_name": checkpoint["model_name"],
@@ -424,7 +441,7 @@ def load_safetensors(path: str | os.PathLike, name: str, **config) -> nn.Module:
 
     path = Path(path)
     if not path.is_file():
-        raise fail(path, "checkpoint not found")
+        raise missing(path, "checkpoint", suffixes=CHECKPOINT_SUFFIXES)
     check_checkpoint_file(path)
     try:
         with safe_open(str(path), framework="pt") as handle:

@@ -32,6 +32,19 @@ class ModelConfig(dict):
         self.model_name = model_name
 
 
+class DuplicateKey(Exception):
+    """A JSON object naming one key twice (raised by :func:`unique_keys`)."""
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``json.loads`` hook building an object; a key given twice raises :class:`DuplicateKey`."""
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise DuplicateKey(key)
+    return dict(pairs)
+
+
 def parse_model_config(text: str, flag: str = "--model_config") -> ModelConfig:
     """``--model_config`` (or ``flag``): a JSON object, or the path of a JSON file holding one (a release-style
     config file, or the ``config.json`` a training run writes, whose ``model_config`` is taken)."""
@@ -44,7 +57,9 @@ def parse_model_config(text: str, flag: str = "--model_config") -> ModelConfig:
         # Inline JSON starts with "{"; anything else names a file (checking it as a path first would
         # fail on long inline configs: the name is too long for the file system). utf-8-sig: editors
         # on Windows start a file with a byte-order mark, which is no JSON error worth stopping for.
-        config = json.loads(text if inline else Path(text).read_text(encoding="utf-8-sig"))
+        config = json.loads(text if inline else Path(text).read_text(encoding="utf-8-sig"), object_pairs_hook=unique_keys)
+    except DuplicateKey as error:  # JSON keeps the last of two values silently; which one was meant?
+        raise UserInputError(f"{source}: key {error.args[0]!r} is given twice") from None
     except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or not UTF-8
         raise UserInputError(f"{source}: not a JSON object or JSON file "
                              f"({(str(error).splitlines() or [type(error).__name__])[0][:120]})") from None

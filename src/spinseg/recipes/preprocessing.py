@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from spinseg.data.transforms import Normalization
-from spinseg.errors import fail, warn
+from spinseg.errors import fail, missing, warn
 from spinseg.recipes.named import RECIPES, recipe
 
 DEFAULT_THRESHOLD = 0.5
@@ -73,7 +73,7 @@ def preprocessing_record(train_config) -> dict:
 
 def read_model_file(path: str | os.PathLike) -> dict:
     """The checkpoint at ``path`` as a dict: a ``.pth`` whole, a ``.safetensors`` file's metadata only."""
-    from spinseg.models.checkpoint import read_checkpoint
+    from spinseg.models.checkpoint import CHECKPOINT_SUFFIXES, read_checkpoint
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -81,7 +81,7 @@ def read_model_file(path: str | os.PathLike) -> dict:
     from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
-        raise fail(path, "checkpoint not found")
+        raise missing(path, "checkpoint", suffixes=CHECKPOINT_SUFFIXES)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -108,6 +108,31 @@ def stored_preprocessing(checkpoint: dict) -> tuple[dict, str]:
     return stored, "checkpoint" if stored else ""
 
 
+def is_number(value) -> bool:
+    """True for an int or float that is not a bool (JSON numbers)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# What each recorded value must be: (test, words for the message). A damaged or hand-edited record
+# otherwise ends in a ValueError traceback deep in the data pipeline.
+RECORD_CHECKS = {
+    "model_name": (lambda value: isinstance(value, str), "text"),
+    "n_chunk": (lambda value: is_number(value) and value == int(value) and value >= 1, "a whole number >= 1"),
+    "dataset_normalization": (lambda value: value in ("standard", "none"), "standard or none"),
+    "dataset_means": (lambda value: isinstance(value, list) and all(map(is_number, value)), "a list of numbers"),
+    "dataset_stddevs": (lambda value: isinstance(value, list) and all(is_number(item) and item > 0 for item in value),
+                        "a list of numbers > 0"),
+    "threshold": (lambda value: is_number(value) and 0 < value < 1, "a number in (0, 1)"),
+}
+
+
+def check_record(path, stored: dict) -> None:
+    """One line naming the checkpoint and the value for a recorded value no run can use."""
+    for key, (test, words) in RECORD_CHECKS.items():
+        if key in stored and not test(stored[key]):
+            raise fail(path, f"its recorded {key} must be {words} (found {stored[key]!r:.80})")
+
+
 def check_conflicts(path, flags: PreprocessingFlags, stored: dict, recipe_model: str | None) -> None:
     """Errors for a model or slice count the checkpoint cannot serve; one warning line for overrides."""
     saved_model = stored.get("model_name")
@@ -132,6 +157,7 @@ def resolve_preprocessing(checkpoint: dict, flags: PreprocessingFlags, path="che
 
     named = recipe(flags.recipe) if flags.recipe else None
     stored, source = stored_preprocessing(checkpoint)
+    check_record(path, stored)
     check_conflicts(path, flags, stored, named.model if named else None)
     model_name = flags.model_name or stored.get("model_name") or (named.model if named else "spin")
     model_class(model_name)  # an unknown name: one line listing the known ones
