@@ -677,6 +677,8 @@ CASES = [
          lambda w: ["-m", "spinseg.predict", "--checkpoint", release_zip_alone(w), "--input", str(mni_scan(w, "zip_scan")),
                     "--output", str(w.path("pred_zip")), "--device", "cpu"],
          ("release_as_checkpoint.zip", "a zip archive of spin/spin_atlas_traintest.pth", "spinseg.download"), tested=False),
+    Case("score_same_folder_twice", "score: the same folder as --pred and --gt (every score would be perfect)",
+         lambda w: w.score("same", *[mask_folders(w, "same")[1]] * 2), ("same_gt/a.nii.gz", "both the prediction and the ground truth", "(and of 1 more)")),
     # Finite or refused:
     Case("train_nan_voxels", "scan .npy with NaN/Inf voxels",
          lambda w: w.train("nan", *nan_scan_lists(w, "nan")), ("nan.npy", "5 voxels are NaN or Inf")),

@@ -288,3 +288,21 @@ def test_a_zip_archive_given_as_a_checkpoint_is_called_one(tmp_path):
         archive.write(SMALL_SPIN_RELEASE_CHECKPOINT, "spin/spin_atlas_traintest.pth")
     with pytest.raises(UserInputError, match=r"a zip archive of spin/spin_atlas_traintest.pth, not a saved model: unpack it"):
         read_checkpoint(archive_path)
+
+
+def test_score_refuses_the_same_masks_as_prediction_and_ground_truth(tmp_path):
+    import nibabel
+
+    from spinseg.evaluation.scoring import collect_masks, pair_subjects
+
+    mask = np.zeros((6, 6, 6), np.uint8)
+    mask[1:3, 1:3, 1:3] = 1
+    for subject in ("a", "b"):
+        nibabel.save(nibabel.Nifti1Image(mask, np.eye(4)), tmp_path / f"{subject}.nii.gz")
+    masks = collect_masks(str(tmp_path), "", "--pred")
+    with pytest.raises(UserInputError, match=r"a.nii.gz: is both the prediction and the ground truth of subject 'a' \(and of 1 more\)"):
+        pair_subjects(masks, collect_masks(str(tmp_path / "." / ""), "", "--gt"))
+    other = tmp_path / "ground_truths"
+    other.mkdir()
+    nibabel.save(nibabel.Nifti1Image(mask, np.eye(4)), other / "a.nii.gz")
+    assert [key for key, _, _ in pair_subjects(masks, collect_masks(str(other), "", "--gt")).pairs] == ["a"]

@@ -228,7 +228,7 @@ def model_from_checkpoint(checkpoint: dict, path, name: str, **config) -> nn.Mod
         config, what = {**recorded, **config}, f"model {name!r}"
         checkpoint = our_state_dict(checkpoint, path)
     model = build_model(name, **config)
-    check_fit(model, checkpoint, path, name, config)
+    check_fit(model, checkpoint, path, name, config, what=what)
     load_state_dict_checked(model, checkpoint, path, what)
     return model
 
@@ -264,9 +264,10 @@ def expected_weights(model: nn.Module, release: bool) -> dict[str, torch.Tensor]
     return release_weights(model.release_state_dicts()) if hasattr(model, "release_state_dicts") else {}
 
 
-def check_fit(model: nn.Module, found: dict, path, name: str, config: dict, release: bool = False) -> None:
-    """Raises one line when the weights ``found`` do not fit ``model`` (built as ``name`` from ``config``),
-    saying why in the user's words: another input width (slices), another model, other layer widths."""
+def check_fit(model: nn.Module, found: dict, path, name: str, config: dict, release: bool = False, what: str = "") -> None:
+    """Raises one line when the weights ``found`` do not fit ``model`` (built as ``name`` from ``config``,
+    described as ``what``), saying why in the user's words: another input width (slices), another model,
+    other layer widths."""
     mismatch = describe_mismatch(expected_weights(model, release), found, limit=2)
     if not mismatch:
         return
@@ -278,7 +279,7 @@ def check_fit(model: nn.Module, found: dict, path, name: str, config: dict, rele
     other = closest_model(found, name, release)
     if other is not None:
         raise fail(path, f"checkpoint does not fit model {name!r}: its weights are those of a {other!r} network (--model {other})")
-    raise fail(path, f"checkpoint does not fit model {name!r} as configured ({mismatch}); give the model config it was "
+    raise fail(path, f"checkpoint does not fit {what or f'model {name!r}'} as configured ({mismatch}); give the model config it was "
                      "trained with (--model_config)")
 
 
