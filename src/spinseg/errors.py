@@ -29,7 +29,7 @@ def missing(path, what: str, hint: str = "", suffixes: tuple[str, ...] = ()) -> 
     if not path.is_dir():
         return fail(path, f"{what} not found{' ' + hint if hint else ''}")
     found = sorted(str(item.relative_to(path)) for pattern in ("*", "*/*") for item in path.glob(pattern)
-                   if item.is_file() and item.name.endswith(tuple(suffixes or ("\0",))))
+                   if suffixes and item.is_file() and item.name.endswith(tuple(suffixes)))
     shown = f" (it holds {', '.join(found[:3])}{' ...' if len(found) > 3 else ''})" if found else ""
     return fail(path, f"is a folder, not a {what} file{shown}")
 

@@ -102,7 +102,7 @@ def stored_preprocessing(checkpoint: dict) -> tuple[dict, str]:
         return {**stored, **checkpoint["preprocessing"]}, "checkpoint"
     if isinstance(checkpoint.get("train_config"), dict):
         return {**stored, **preprocessing_record(checkpoint["train_config"])}, "train_config"
-    if "input_channels" in stored.get("model_config", {}):
+    if is_number(stored.get("model_config", {}).get("input_channels")):
         # Ours without a record (e.g. an older best.pth): the network's input width is its slices.
         stored["n_chunk"] = int(stored["model_config"]["input_channels"])
     return stored, "checkpoint" if stored else ""
@@ -117,7 +117,7 @@ def is_number(value) -> bool:
 # otherwise ends in a ValueError traceback deep in the data pipeline.
 RECORD_CHECKS = {
     "model_name": (lambda value: isinstance(value, str), "text"),
-    "n_chunk": (lambda value: is_number(value) and value == int(value) and value >= 1, "a whole number >= 1"),
+    "n_chunk": (lambda value: is_number(value) and float(value).is_integer() and value >= 1, "a whole number >= 1"),
     "dataset_normalization": (lambda value: value in ("standard", "none"), "standard or none"),
     "dataset_means": (lambda value: isinstance(value, list) and all(map(is_number, value)), "a list of numbers"),
     "dataset_stddevs": (lambda value: isinstance(value, list) and all(is_number(item) and item > 0 for item in value),
