@@ -679,6 +679,9 @@ CASES = [
          ("release_as_checkpoint.zip", "a zip archive of spin/spin_atlas_traintest.pth", "spinseg.download"), tested=False),
     Case("score_same_folder_twice", "score: the same folder as --pred and --gt (every score would be perfect)",
          lambda w: w.score("same", *[mask_folders(w, "same")[1]] * 2), ("same_gt/a.nii.gz", "both the prediction and the ground truth", "(and of 1 more)")),
+    Case("train_input_channels_against_n_chunk", "--model_config input_channels 3 with --n_chunk 5 (was a traceback at the first step)",
+         lambda w: w.train("width", None, None, "--model_config", config_file(w, "width_config", {"input_channels": 3}), "--n_chunk", "5"),
+         ("width_config.json", "input_channels 3 does not fit --n_chunk 5", "leave input_channels out")),
     # Finite or refused:
     Case("train_nan_voxels", "scan .npy with NaN/Inf voxels",
          lambda w: w.train("nan", *nan_scan_lists(w, "nan")), ("nan.npy", "5 voxels are NaN or Inf")),

@@ -306,3 +306,15 @@ def test_score_refuses_the_same_masks_as_prediction_and_ground_truth(tmp_path):
     other.mkdir()
     nibabel.save(nibabel.Nifti1Image(mask, np.eye(4)), other / "a.nii.gz")
     assert [key for key, _, _ in pair_subjects(masks, collect_masks(str(other), "", "--gt")).pairs] == ["a"]
+
+
+def test_train_refuses_an_input_width_other_than_the_slices_before_making_the_run_folder(tmp_path, capsys):
+    from spinseg.cli import train
+
+    scans, masks = write_volume_set(tmp_path / "data", 1, shape=(24, 28, 8))
+    config = write_json(tmp_path / "width.json", {**SMALL_SPIN, "input_channels": 3})
+    line = one_line_exit_2(train.main, [
+        "--train_multimodal_scan_paths", str(scans), "--train_ground_truth_path", str(masks), "--model_config", config,
+        "--n_chunk", "5", "--max_steps", "1", "--n_workers", "0", "--device", "cpu", "--checkpoint_path", str(tmp_path / "run")], capsys)
+    assert line == f"error: --model_config {config}: input_channels 3 does not fit --n_chunk 5 (5 slice(s) x 1 channel(s) = 5); leave input_channels out"
+    assert not (tmp_path / "run").exists()
