@@ -410,11 +410,15 @@ def load_predict_model(checkpoint: str, flags: PreprocessingFlags):
     The seam tests replace to inject a model. Model, config, stacked slices, normalisation and
     threshold come from the flags given, else the checkpoint (ours record them), else the recipe
     of the model (the authors' checkpoints: SPiN 5 slices, U-Net 1, ...). The network's input
-    width must equal the slices (checked by ``load_with_preprocessing``).
+    width must equal the slices.
     """
     from spinseg.recipes.preprocessing import load_with_preprocessing
 
-    return load_with_preprocessing(checkpoint, flags)
+    model, preprocessing = load_with_preprocessing(checkpoint, flags)
+    width = int(getattr(model, "in_channels", preprocessing.n_chunk))
+    if width != preprocessing.n_chunk:
+        raise fail(checkpoint, f"model {preprocessing.model_name!r} takes {width} stacked slices, not --n_chunk {preprocessing.n_chunk}")
+    return model, preprocessing
 
 
 def run_predict(

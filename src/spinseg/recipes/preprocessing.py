@@ -192,8 +192,8 @@ def resolve_preprocessing(checkpoint: dict, flags: PreprocessingFlags, path="che
 def load_with_preprocessing(path: str | os.PathLike, flags: PreprocessingFlags):
     """Loads the model at ``path`` (eval mode) with the preprocessing it needs: (model, Preprocessing).
 
-    The network's input width must equal the stacked slices: a checkpoint trained on other slices than
-    ``--n_chunk`` (or the recipe's) is one line naming both, whether or not it records its slices.
+    A checkpoint trained on other slices than ``--n_chunk`` (or the recipe's) is one line naming both,
+    whether or not it records its slices.
     """
     from spinseg.models import keras_weights
     from spinseg.models.checkpoint import CheckpointMismatch, load_model, load_safetensors, model_from_checkpoint
@@ -222,9 +222,6 @@ def load_with_preprocessing(path: str | os.PathLike, flags: PreprocessingFlags):
         chosen = f"--n_chunk {flags.n_chunk}" if flags.n_chunk is not None else \
             f"the {preprocessing.n_chunk} of {preprocessing.source or 'the default'} (give --n_chunk {error.trained_width})"
         raise fail(path, f"the model was trained on {error.trained_width} stacked slices, not {chosen}") from None
-    width = int(getattr(model, "in_channels", preprocessing.n_chunk))
-    if width != preprocessing.n_chunk:  # --model_config input_channels said otherwise than the slices
-        raise fail(path, f"model {preprocessing.model_name!r} takes {width} stacked slices, not --n_chunk {preprocessing.n_chunk}")
     return model.eval(), preprocessing
 
 
