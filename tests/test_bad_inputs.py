@@ -418,6 +418,88 @@ def users_own_file(workspace: Workspace) -> Path:
     (output / "spin" / "spin_atlas_traintest.pth").write_bytes(b"my edited copy")
     return output
 
+
+# ---------------------------------------------------------------------------------------------
+# Builders of the "wrong words" cases of the third round: configs named by their file, slices by their count.
+
+
+def config_file(workspace: Workspace, name: str, change: dict, run_folder_model: str | None = None) -> str:
+    """The small SPiN config with ``change`` as ``<name>.json``; with ``run_folder_model`` written as a
+    run folder's ``config.json`` (``<name>/checkpoints/config.json``) of that model."""
+    config = {**json.loads(Path(SMALL_SPIN_CONFIG).read_text())["config"], **change}
+    if run_folder_model:
+        path = workspace.path(f"{name}/checkpoints/config.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"model_name": run_folder_model, "n_chunk": 5, "model_config": SMALL_UNET_CONFIG}))
+    else:
+        path = workspace.path(f"{name}.json")
+        path.write_text(json.dumps(config))
+    return str(path)
+
+
+def recorded_config_checkpoint(workspace: Workspace, change: dict) -> str:
+    """One of our SPiN checkpoints whose recorded model_config has ``change``."""
+    path = our_spin_checkpoint(workspace)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["model_config"].update(change)
+    bad = workspace.path("ours_recorded_typo.pth")
+    torch.save(checkpoint, bad)
+    return str(bad)
+
+
+def width_free_spin_config(workspace: Workspace) -> str:
+    """The small SPiN config without input_channels: the slices (--n_chunk) set the input width, as the paper's does."""
+    config = {key: value for key, value in json.loads(Path(SMALL_SPIN_CONFIG).read_text())["config"].items() if key != "input_channels"}
+    path = workspace.path("spin_small_any_width.json")
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def unet_five_slices(workspace: Workspace) -> str:
+    """A bare state dict of a small U-Net trained on 5 stacked slices (the U-Net recipe uses 1)."""
+    from spinseg.models import build_model
+
+    path = workspace.path("unet_5_slices.pth")
+    torch.save(build_model("unet", input_channels=5, **SMALL_UNET_CONFIG).state_dict(), path)
+    return str(path)
+
+
+def release_predict(workspace: Workspace, name: str, *extra: str) -> list[str]:
+    """predict of the release-format SPiN fixture on a small scan, no --model_config unless ``extra`` gives one."""
+    return ["-m", "spinseg.predict", "--checkpoint", str(RELEASE_CHECKPOINT), "--input", str(mni_scan(workspace, f"{name}_scan")),
+            "--output", str(workspace.path(f"pred_{name}")), "--device", "cpu", *extra]
+
+
+def damaged_record_checkpoint(workspace: Workspace, name: str, change: dict) -> str:
+    """One of our SPiN checkpoints with top-level entries changed (None: removed)."""
+    checkpoint = torch.load(our_spin_checkpoint(workspace), weights_only=True)
+    for key, value in change.items():
+        if value is None:
+            checkpoint.pop(key)
+        else:
+            checkpoint[key] = value
+    path = workspace.path(f"{name}.pth")
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+def run_folder_with_checkpoint(workspace: Workspace) -> str:
+    """A run folder (checkpoints/best.pth inside), as a user might give it where a checkpoint file is meant."""
+    import shutil
+
+    run = workspace.path("a_run_folder")
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copy(our_spin_checkpoint(workspace), run / "checkpoints" / "best.pth")
+    return str(run)
+
+
+def release_zip_alone(workspace: Workspace) -> str:
+    """The authors' release zip (a zip of .pth files), given where one checkpoint is meant."""
+    path = workspace.path("release_as_checkpoint.zip")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.write(RELEASE_CHECKPOINT, "spin/spin_atlas_traintest.pth")
+    return str(path)
+
 STRING_VOLUME = np.full(SHAPE, "abc")
 COMPLEX_VOLUME = np.zeros(SHAPE, np.complex64)
 OBJECT_VOLUME = np.empty(SHAPE[:1], dtype=object)
@@ -444,7 +526,7 @@ CASES = [
          lambda w: w.train("model", None, None, "--model_name", "resnet"), ("resnet", "spin")),
     Case("train_other_architecture", "--restore_path: a checkpoint of another architecture (U-Net state dict)",
          lambda w: w.train("arch", None, None, "--restore_path", bare_unet_state_dict(w)),
-         ("unet_state_dict.pth", "missing", "unexpected")),
+         ("unet_state_dict.pth", "does not fit model 'spin'", "those of a 'unet' network")),
     Case("train_checkpoint_folder_blocked", "--checkpoint_path whose checkpoints/ is a file (unwritable even for root)",
          lambda w: w.train("blocked", None, None, "--checkpoint_path", str(blocked_checkpoint_folder(w))),
          ("blocked/checkpoints", "cannot create the checkpoint folder")),
@@ -541,6 +623,63 @@ CASES = [
     Case("train_negative_filter_count", "a negative filter count in --model_config",
          lambda w: w.train("filters", None, None, "--model_config", '{"n_filters_encoder_segmentation": [8, 8, -12, 12, 16]}'),
          ("--model_config", "n_filters_encoder_segmentation", "-12")),
+    # Wrong words, third round: a config named by its file and key; slices said as slices.
+    Case("train_model_config_unknown_key", "--model_config file with a misspelt key",
+         lambda w: w.train("typo", None, None, "--model_config", config_file(w, "typo_config", {"n_filter_encoder_segmentation": [8]})),
+         ("typo_config.json", "unknown key 'n_filter_encoder_segmentation'", "did you mean 'n_filters_encoder_segmentation'")),
+    Case("evaluate_model_config_wrong_type", "evaluate: --model_config file with a value of the wrong type",
+         lambda w: w.evaluate("type", None, None, "--model_config", config_file(w, "type_config", {"use_batch_norm": "yes"})),
+         ("type_config.json", "use_batch_norm must be true or false")),
+    Case("predict_run_config_of_other_model", "predict: --model_config is a U-Net run folder's config.json, the checkpoint SPiN's",
+         lambda w: release_predict(w, "runconfig", "--model_config", config_file(w, "unet_run", {}, run_folder_model="unet")),
+         ("unet_run/checkpoints/config.json", "a config of model 'unet', not 'spin'")),
+    Case("evaluate_recorded_config_unknown_key", "evaluate: a checkpoint whose recorded model_config has an unknown key",
+         lambda w: w.evaluate("recorded", None, None, "--model_config", "", "--restore_path", recorded_config_checkpoint(w, {"n_filterz": 3})),
+         ("ours_recorded_typo.pth", "its recorded model_config", "unknown key 'n_filterz'")),
+    Case("compare_overrides_unknown_key", "compare: --model_overrides with a key the model does not take",
+         lambda w: ["-m", "spinseg.compare", "--model_overrides", '{"unet": {"n_filters": [4]}}', "--output_dir", str(w.path("compare_overrides"))],
+         ("--model_overrides unet", "unknown key 'n_filters' for model 'unet'")),
+    Case("predict_n_chunk_authors_checkpoint", "predict: --n_chunk 3 with an authors' SPiN checkpoint trained on 5 slices (records none)",
+         lambda w: release_predict(w, "chunk3", "--model_config", width_free_spin_config(w), "--n_chunk", "3"),
+         ("spin_small_original_format.pth", "trained on 5 stacked slices, not --n_chunk 3")),
+    Case("evaluate_n_chunk_authors_checkpoint", "evaluate: --n_chunk 3 with an authors' SPiN checkpoint trained on 5 slices",
+         lambda w: w.evaluate("chunk3", None, None, "--model_config", width_free_spin_config(w), "--n_chunk", "3"),
+         ("spin_small_original_format.pth", "trained on 5 stacked slices, not --n_chunk 3"), tested=False),
+    Case("predict_slices_of_recipe", "predict: a U-Net state dict trained on 5 slices, no --n_chunk (the U-Net recipe's is 1)",
+         lambda w: ["-m", "spinseg.predict", "--model", "unet", "--model_config", json.dumps(SMALL_UNET_CONFIG), "--checkpoint",
+                    unet_five_slices(w), "--input", str(mni_scan(w, "recipe_scan")), "--output", str(w.path("pred_recipe")), "--device", "cpu"],
+         ("unet_5_slices.pth", "trained on 5 stacked slices, not the 1 of recipe unet (give --n_chunk 5)")),
+    Case("predict_other_model", "predict: --model unet with an authors' SPiN checkpoint",
+         lambda w: release_predict(w, "othermodel", "--model", "unet"),
+         ("spin_small_original_format.pth", "does not fit model 'unet'", "those of a 'spin' network")),
+    # Hostile inputs of the third round: the words fit what was given.
+    Case("predict_folder_as_checkpoint", "predict: a run folder given as --checkpoint",
+         lambda w: ["-m", "spinseg.predict", "--checkpoint", run_folder_with_checkpoint(w), "--input", str(mni_scan(w, "folder_ckpt_scan")),
+                    "--output", str(w.path("pred_folder_ckpt")), "--device", "cpu"],
+         ("a_run_folder", "is a folder, not a checkpoint file", "checkpoints/best.pth")),
+    Case("train_folder_in_list", "a scans list naming a folder",
+         lambda w: w.train("folder_entry", *w.lists("folder_entry", [str(w.path("good")), w.scans[1]], w.masks)),
+         ("folder_entry_scans.txt", "line 1", "is a folder, not a file")),
+    Case("evaluate_no_state_dict", "evaluate: one of our checkpoints without its model_state_dict",
+         lambda w: w.evaluate("nostate", None, None, "--model_config", "", "--restore_path",
+                              damaged_record_checkpoint(w, "ours_no_state", {"model_state_dict": None})),
+         ("ours_no_state.pth", "model_state_dict is missing")),
+    Case("predict_damaged_record", "predict: a checkpoint whose recorded n_chunk is not a number",
+         lambda w: ["-m", "spinseg.predict", "--checkpoint", damaged_record_checkpoint(w, "ours_bad_record", {"preprocessing": {"n_chunk": "five"}}),
+                    "--input", str(mni_scan(w, "record_scan")), "--output", str(w.path("pred_record")), "--device", "cpu"],
+         ("ours_bad_record.pth", "its recorded n_chunk must be a whole number >= 1", "'five'")),
+    Case("train_model_config_duplicate_key", "--model_config JSON naming one key twice",
+         lambda w: w.train("duplicate", None, None, "--model_config", '{"n_filters_subpixel_guidance": [4, 4], "n_filters_subpixel_guidance": [8, 8]}'),
+         ("--model_config", "'n_filters_subpixel_guidance' is given twice")),
+    Case("predict_zip_as_checkpoint", "predict: the authors' release zip given as --checkpoint",
+         lambda w: ["-m", "spinseg.predict", "--checkpoint", release_zip_alone(w), "--input", str(mni_scan(w, "zip_scan")),
+                    "--output", str(w.path("pred_zip")), "--device", "cpu"],
+         ("release_as_checkpoint.zip", "a zip archive of spin/spin_atlas_traintest.pth", "spinseg.download"), tested=False),
+    Case("score_same_folder_twice", "score: the same folder as --pred and --gt (every score would be perfect)",
+         lambda w: w.score("same", *[mask_folders(w, "same")[1]] * 2), ("same_gt/a.nii.gz", "both the prediction and the ground truth", "(and of 1 more)")),
+    Case("train_input_channels_against_n_chunk", "--model_config input_channels 3 with --n_chunk 5 (was a traceback at the first step)",
+         lambda w: w.train("width", None, None, "--model_config", config_file(w, "width_config", {"input_channels": 3}), "--n_chunk", "5"),
+         ("width_config.json", "input_channels 3 does not fit --n_chunk 5", "leave input_channels out")),
     # Finite or refused:
     Case("train_nan_voxels", "scan .npy with NaN/Inf voxels",
          lambda w: w.train("nan", *nan_scan_lists(w, "nan")), ("nan.npy", "5 voxels are NaN or Inf")),

@@ -19,6 +19,21 @@ def fail(path, problem: str) -> UserInputError:
     return UserInputError(f"{path}: {problem}")
 
 
+def missing(path, what: str, hint: str = "", suffixes: tuple[str, ...] = ()) -> UserInputError:
+    """``"<path>: <what> not found <hint>"``; when ``path`` is a folder (a run folder given as a checkpoint),
+    ``"<path>: is a folder, not a <what> file"`` naming up to three files in it or one level down that end
+    in one of ``suffixes``, since "not found" would be wrong for a path that exists."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_dir():
+        return fail(path, f"{what} not found{' ' + hint if hint else ''}")
+    found = sorted(str(item.relative_to(path)) for pattern in ("*", "*/*") for item in path.glob(pattern)
+                   if suffixes and item.is_file() and item.name.endswith(tuple(suffixes)))
+    shown = f" (it holds {', '.join(found[:3])}{' ...' if len(found) > 3 else ''})" if found else ""
+    return fail(path, f"is a folder, not a {what} file{shown}")
+
+
 def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
     """Decorates a command-line ``main`` so a :class:`UserInputError` prints one line and exits 2.
 

@@ -44,6 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_model_overrides(overrides) -> None:
+    """``--model_overrides`` must be {model name: {config key: value}} with keys that model takes."""
+    from spinseg.models import model_class
+    from spinseg.models.model_config import check_model_config
+
+    if not isinstance(overrides, dict):
+        raise UserInputError(f"--model_overrides: expected a JSON object {{model: {{config key: value}}}}, found {type(overrides).__name__}")
+    for name, config in overrides.items():
+        model_class(name)  # an unknown model name: one line listing the known ones
+        if not isinstance(config, dict):
+            raise UserInputError(f"--model_overrides {name}: expected a JSON object of config keys, found {type(config).__name__}")
+        check_model_config(name, config, f"--model_overrides {name}")
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Parses flags and runs the comparison."""
@@ -53,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = json.loads(args.model_overrides) if args.model_overrides else {}
     except json.JSONDecodeError as error:
         raise UserInputError(f"--model_overrides: not JSON ({error})") from None
+    check_model_overrides(overrides)
     if args.from_checkpoints:
         from spinseg.experiments.release_rows import compare_from_checkpoints
 

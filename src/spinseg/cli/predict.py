@@ -6,12 +6,13 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from spinseg.errors import UserInputError, cli_entry, fail
+from spinseg.errors import UserInputError, cli_entry, fail, missing
 from spinseg.inference import scan as scan_module
 from spinseg.inference.intensity import INTENSITY_MODES
 from spinseg.inference.native import PredictSettings
 from spinseg.inference.scan import load_predict_model
 from spinseg.inference.study import collect_jobs, run_study
+from spinseg.models.checkpoint import CHECKPOINT_SUFFIXES
 from spinseg.recipes.config import check_numeric_flags
 from spinseg.recipes.preprocessing import PreprocessingFlags
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device(arguments.device)
     configure_cuda_math(device)  # no TF32: masks as in fp32 (docs/gpu.md)
     if not Path(arguments.checkpoint).is_file():
-        raise fail(arguments.checkpoint, "checkpoint not found")
+        raise missing(arguments.checkpoint, "checkpoint", suffixes=CHECKPOINT_SUFFIXES)
     flags = PreprocessingFlags(
         arguments.model, parse_model_config(arguments.model_config), arguments.n_chunk, arguments.dataset_normalization,
         arguments.dataset_means, arguments.dataset_stddevs, arguments.threshold, arguments.recipe,

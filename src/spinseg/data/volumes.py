@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spinseg.errors import fail
+from spinseg.errors import fail, missing
 from spinseg.io.budgets import check_finite, check_npy_file
 from spinseg.io.files import read_lines
 
@@ -17,7 +17,7 @@ def read_path_list(path: str | os.PathLike, must_exist: bool = True) -> list[str
     """Reads a text file of paths (one per line). Missing/empty list or missing entry -> UserInputError."""
     path = Path(path)
     if not path.is_file():
-        raise fail(path, "path list not found (run the setup script first?)")
+        raise missing(path, "path list", "(run the setup script first?)", suffixes=(".txt",))
     try:
         entries = read_lines(path)
     except (UnicodeDecodeError, ValueError) as error:  # binary junk in a list is one line too
@@ -29,7 +29,8 @@ def read_path_list(path: str | os.PathLike, must_exist: bool = True) -> list[str
     if must_exist:
         for line_number, entry in enumerate(entries, start=1):
             if not Path(entry).is_file():
-                raise fail(path, f"line {line_number}: {entry} does not exist")
+                problem = "is a folder, not a file" if Path(entry).is_dir() else "does not exist"
+                raise fail(path, f"line {line_number}: {entry} {problem}")
     return entries
 
 

@@ -26,7 +26,7 @@ from spinseg.evaluation.metrics import (
 )
 from spinseg.io.files import write_json, write_text
 from spinseg.models.checkpoint import load_model
-from spinseg.models.model_config import model_input_config, parse_model_config
+from spinseg.models.model_config import check_model_config, model_input_config, parse_model_config
 from spinseg.recipes import release_presets
 from spinseg.recipes.config import EvaluateConfig
 from spinseg.runtime.distributed import select_device
@@ -34,7 +34,9 @@ from spinseg.runtime.distributed import select_device
 
 def load_preset_model(config: EvaluateConfig, preset: release_presets.ReleasePreset, device) -> torch.nn.Module:
     """The checkpoint of ``config.restore_path`` built for the preset's model and input width."""
-    model_config = {**preset.model_config, **parse_model_config(config.model_config)}
+    given_config = parse_model_config(config.model_config)
+    check_model_config(preset.name, given_config)
+    model_config = {**preset.model_config, **given_config}
     model_config = model_input_config(preset.name, preset.n_slices, 1, model_config)
     return load_model(config.restore_path, preset.name, **model_config).to(device).eval()
 

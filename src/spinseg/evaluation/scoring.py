@@ -115,6 +115,12 @@ def pair_subjects(predictions: dict[str, Path], ground_truths: dict[str, Path]) 
             f"no subject in both folders (predictions: {_preview(predictions)}; ground truths: "
             f"{_preview(ground_truths)}); --pred_suffix/--gt_suffix strip the parts that differ"
         )
+    # The same folder given twice scores every subject perfectly, which reads like a result.
+    same = [key for key in common if predictions[key].resolve() == ground_truths[key].resolve()]
+    if same:
+        more = f" (and of {len(same) - 1} more)" if len(same) > 1 else ""
+        raise fail(predictions[same[0]], f"is both the prediction and the ground truth of subject {same[0]!r}{more}; "
+                                         "--pred and --gt must name different masks")
     return SubjectPairs(
         pairs=[(key, predictions[key], ground_truths[key]) for key in common],
         without_prediction=sorted(set(ground_truths) - set(predictions)),

@@ -133,14 +133,15 @@ def find_release_root(extracted: Path) -> Path | None:
 
 def parse_check_configs(items: list[str]) -> dict[str, dict]:
     """``--check_config NAME=JSON`` (JSON object or file) -> {name: model config}."""
-    from spinseg.models.model_config import parse_model_config
+    from spinseg.models.model_config import check_model_config, parse_model_config
 
     configs = {}
     for item in items:
         name, separator, text = item.partition("=")
         if not separator or name not in EXPECTED_FILES:
             raise UserInputError(f"--check_config {item[:80]!r}: expected NAME=JSON with NAME one of {', '.join(EXPECTED_FILES)}")
-        configs[name] = parse_model_config(text)
+        configs[name] = parse_model_config(text, f"--check_config {name}=")
+        check_model_config(name, configs[name])
     return configs
 
 

@@ -17,12 +17,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spinseg.errors import fail
+from spinseg.errors import UserInputError, fail, missing
 from spinseg.io.budgets import check_checkpoint_file
 from spinseg.io.files import atomic_path
 from spinseg.models import build_model, keras_weights, kiunet
+from spinseg.models.model_config import check_model_config
 
 CHECKPOINT_FORMAT = "spinseg-checkpoint-v1"
+# The files a checkpoint flag takes: ours and the release's .pth, exports, the authors' Keras weights.
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".h5", ".hdf5")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -32,7 +35,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise fail(path, "checkpoint not found")
+        raise missing(path, "checkpoint", suffixes=CHECKPOINT_SUFFIXES)
     check_checkpoint_file(path)
     try:
         with warnings.catch_warnings():  # torch warns about odd pickles on stderr; the error line says it all
@@ -133,6 +136,13 @@ def not_a_checkpoint_reason(path: Path, error: Exception) -> str:
         return "it is a safetensors file; give it a .safetensors name"
     if not head:
         return "empty file"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if not any(name.endswith("data.pkl") for name in names):  # torch's zips hold <name>/data.pkl
+            shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+            return (f"a zip archive of {shown}, not a saved model: unpack it, or install the authors' release "
+                    "with python -m spinseg.download --zip_path")
     if head[:2] == b"PK" and not zipfile.is_zipfile(path):
         return "truncated or damaged zip"
     if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
@@ -195,29 +205,123 @@ def model_from_checkpoint(checkpoint: dict, path, name: str, **config) -> nn.Mod
         model = build_model(name, **config)
         if not hasattr(model, "load_release_state_dicts"):
             raise fail(path, f"release-format checkpoint, but model {name!r} has no release format")
-        for key, sub_state in model.release_state_dicts().items():
-            if key not in checkpoint:
-                raise fail(path, f"checkpoint of another model: no {key} for model {name!r} (has {', '.join(sorted(checkpoint))[:200]})")
+        check_fit(model, release_weights(checkpoint), path, name, config, release=True)
+        for key in model.release_state_dicts():
             load_state_dict_checked(getattr(model, key[: -len("_state_dict")]), checkpoint[key], path, f"model {name!r} ({key})")
         return model
     if is_state_dict(checkpoint) and name == "kiunet" and kiunet.is_release_state_dict(checkpoint):
         # The release's KiU-Net (biased convolutions, 2-channel output): its exact variant.
-        model = build_model(name, **{**config, "release_exact": True})
-        load_state_dict_checked(model, kiunet.release_state_dict_to_port(checkpoint), path, "the release's KiU-Net")
-        return model
-    if is_state_dict(checkpoint):
-        # A bare state dict has no name or config: build from ``config`` and let the key check speak.
-        model = build_model(name, **config)
-        load_state_dict_checked(model, checkpoint, path, f"model {name!r}")
-        return model
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        config = {**config, "release_exact": True}
+        checkpoint, what = kiunet.release_state_dict_to_port(checkpoint), "the release's KiU-Net"
+    elif is_state_dict(checkpoint):
+        what = f"model {name!r}"  # a bare state dict has no name or config: build from ``config``
+    elif checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise fail(path, "unknown checkpoint format (neither spinseg's nor the original release's)")
-    saved_name = checkpoint.get("model_name")
-    if saved_name != name:
-        raise fail(path, f"checkpoint of model {saved_name!r}, not {name!r}")
-    model = build_model(name, **{**checkpoint.get("model_config", {}), **config})
-    load_state_dict_checked(model, checkpoint["model_state_dict"], path, f"model {name!r}")
+    else:
+        saved_name = checkpoint.get("model_name")
+        if saved_name != name:
+            raise fail(path, f"checkpoint of model {saved_name!r}, not {name!r}")
+        recorded = checkpoint.get("model_config", {})
+        if not isinstance(recorded, dict):
+            raise fail(path, f"its recorded model_config is not a dict (found {type(recorded).__name__})")
+        check_model_config(name, recorded, f"{path}: its recorded model_config")
+        config, what = {**recorded, **config}, f"model {name!r}"
+        checkpoint = our_state_dict(checkpoint, path)
+    model = build_model(name, **config)
+    check_fit(model, checkpoint, path, name, config, what=what)
+    load_state_dict_checked(model, checkpoint, path, what)
     return model
+
+
+def our_state_dict(checkpoint: dict, path) -> dict:
+    """The ``model_state_dict`` of one of our checkpoints; one line when it is missing or holds other than tensors."""
+    state = checkpoint.get("model_state_dict")
+    if not (isinstance(state, dict) and is_state_dict(state)):
+        raise fail(path, f"its model_state_dict is missing or not a dict of tensors (found {type(state).__name__})")
+    return state
+
+
+class CheckpointMismatch(UserInputError):
+    """Weights that do not fit the model built for them. ``trained_width`` and ``built_width`` (input
+    channels: stacked slices x channels per slice) are set when the input width is all that differs,
+    so a caller can name the flag that chose the built width (``--n_chunk``)."""
+
+    def __init__(self, message: str, trained_width: int | None = None, built_width: int | None = None):
+        super().__init__(message)
+        self.trained_width, self.built_width = trained_width, built_width
+
+
+def release_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The release's ``<subnetwork>_state_dict`` entries as one flat dict ``"<entry>/<key>"``."""
+    return {f"{entry}/{key}": value for entry, state in checkpoint.items()
+            if entry.endswith("_state_dict") and isinstance(state, dict) for key, value in state.items()}
+
+
+def expected_weights(model: nn.Module, release: bool) -> dict[str, torch.Tensor]:
+    """The weights ``model`` holds, keyed as a checkpoint of that kind (release or ours) keys them."""
+    if not release:
+        return model.state_dict()
+    return release_weights(model.release_state_dicts()) if hasattr(model, "release_state_dicts") else {}
+
+
+def check_fit(model: nn.Module, found: dict, path, name: str, config: dict, release: bool = False, what: str = "") -> None:
+    """Raises one line when the weights ``found`` do not fit ``model`` (built as ``name`` from ``config``,
+    described as ``what``), saying why in the user's words: another input width (slices), another model,
+    other layer widths."""
+    mismatch = describe_mismatch(expected_weights(model, release), found, limit=2)
+    if not mismatch:
+        return
+    built_width = getattr(model, "in_channels", None)
+    trained_width = trained_input_width(found, name, config, release, expected_weights(model, release))
+    if trained_width is not None and built_width is not None:
+        raise CheckpointMismatch(f"{path}: checkpoint does not fit model {name!r}: its weights take {trained_width} input "
+                                 f"channels (stacked slices), the model was built for {built_width}", trained_width, built_width)
+    other = closest_model(found, name, release)
+    if other is not None:
+        raise fail(path, f"checkpoint does not fit model {name!r}: its weights are those of a {other!r} network (--model {other})")
+    raise fail(path, f"checkpoint does not fit {what or f'model {name!r}'} as configured ({mismatch}); give the model config it was "
+                     "trained with (--model_config)")
+
+
+def meta_model(name: str, config: dict) -> nn.Module | None:
+    """Model ``name`` built from ``config`` without memory (on torch's meta device); None when it cannot be."""
+    try:
+        with torch.device("meta"):
+            return build_model(name, **config)
+    except Exception:  # noqa: BLE001 - a config that does not build is simply not the answer
+        return None
+
+
+def fits(model: nn.Module | None, found: dict, release: bool) -> bool:
+    """True when ``found`` has exactly ``model``'s keys and shapes."""
+    return model is not None and not describe_mismatch(expected_weights(model, release), found)
+
+
+def trained_input_width(found: dict, name: str, config: dict, release: bool, expected: dict) -> int | None:
+    """The input width the weights ``found`` were trained with, when building ``name`` with that width
+    (and ``config`` otherwise) makes them fit; None when another width does not explain the mismatch."""
+    candidates = sorted({size for key, value in found.items()
+                         if key in expected and isinstance(value, torch.Tensor) and value.dim() == expected[key].dim()
+                         for size, wanted in zip(value.shape, expected[key].shape) if size != wanted})
+    width_key = "input_channels_segmentation" if "input_channels_segmentation" in config else "input_channels"
+    for width in candidates[:8]:
+        if fits(meta_model(name, {**config, width_key: width}), found, release):
+            return width
+    return None
+
+
+def closest_model(found: dict, name: str, release: bool) -> str | None:
+    """The registered model other than ``name`` whose (default) weight names the keys of ``found`` match
+    best, when they match them better than ``name``'s do and share at least half; else None."""
+    from spinseg.models import available_models
+
+    def overlap(model: nn.Module | None) -> float:
+        keys = set(expected_weights(model, release)) if model is not None else set()
+        return len(keys & set(found)) / max(1, len(keys | set(found)))
+
+    scores = {candidate: overlap(meta_model(candidate, {})) for candidate in available_models()}
+    best = max((candidate for candidate in scores if candidate != name), key=scores.get)
+    return best if scores[best] >= 0.5 and scores[best] > scores[name] else None
 
 
 def load_model(path: str | os.PathLike, name: str, **config) -> nn.Module:
@@ -320,7 +424,7 @@ def export_safetensors(checkpoint_path: str | os.PathLike, output_path: str | os
     checkpoint = read_checkpoint(checkpoint_path)
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise fail(checkpoint_path, "only spinseg checkpoints can be exported (load release files with load_model)")
-    tensors = {key: value.contiguous() for key, value in checkpoint["model_state_dict"].items()}
+    tensors = {key: value.contiguous() for key, value in our_state_dict(checkpoint, checkpoint_path).items()}
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "model_name": checkpoint["model_name"],
@@ -338,7 +442,7 @@ def load_safetensors(path: str | os.PathLike, name: str, **config) -> nn.Module:
 
     path = Path(path)
     if not path.is_file():
-        raise fail(path, "checkpoint not found")
+        raise missing(path, "checkpoint", suffixes=CHECKPOINT_SUFFIXES)
     check_checkpoint_file(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -355,6 +459,9 @@ def load_safetensors(path: str | os.PathLike, name: str, **config) -> nn.Module:
         raise fail(path, f"metadata model_config is not JSON ({error})") from None
     if not isinstance(saved_config, dict):
         raise fail(path, f"metadata model_config is not a JSON object (found {type(saved_config).__name__})")
-    model = build_model(name, **{**saved_config, **config})
+    check_model_config(name, saved_config, f"{path}: its recorded model_config")
+    config = {**saved_config, **config}
+    model = build_model(name, **config)
+    check_fit(model, state_dict, path, name, config)
     load_state_dict_checked(model, state_dict, path, f"model {name!r}")
     return model

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import fail
+from ..errors import fail, missing
 from .layers_extra import DoubleConv
 from .registry import build_model
 
@@ -319,7 +319,7 @@ def load_keras_model(path: str | os.PathLike, name: str, **config) -> nn.Module:
     if name not in KERAS_MODELS:
         raise fail(path, f"a Keras weights file, but model {name!r} has no Keras release (only {', '.join(KERAS_MODELS)})")
     if not path.is_file():
-        raise fail(path, "checkpoint not found")
+        raise missing(path, "checkpoint", suffixes=(".h5", ".hdf5"))
     try:
         layers = read_keras_layers(path)
     except (OSError, KeyError, ValueError, TypeError) as error:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from spinseg.data.transforms import Normalization
-from spinseg.errors import fail, warn
+from spinseg.errors import fail, missing, warn
 from spinseg.recipes.named import RECIPES, recipe
 
 DEFAULT_THRESHOLD = 0.5
@@ -76,7 +76,7 @@ def preprocessing_record(train_config) -> dict:
 
 def read_model_file(path: str | os.PathLike) -> dict:
     """The checkpoint at ``path`` as a dict: a ``.pth`` whole, a ``.safetensors`` file's metadata only."""
-    from spinseg.models.checkpoint import read_checkpoint
+    from spinseg.models.checkpoint import CHECKPOINT_SUFFIXES, read_checkpoint
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -84,7 +84,7 @@ def read_model_file(path: str | os.PathLike) -> dict:
     from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
-        raise fail(path, "checkpoint not found")
+        raise missing(path, "checkpoint", suffixes=CHECKPOINT_SUFFIXES)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -105,10 +105,35 @@ def stored_preprocessing(checkpoint: dict) -> tuple[dict, str]:
         return {**stored, **checkpoint["preprocessing"]}, "checkpoint"
     if isinstance(checkpoint.get("train_config"), dict):
         return {**stored, **preprocessing_record(checkpoint["train_config"])}, "train_config"
-    if "input_channels" in stored.get("model_config", {}):
+    if is_number(stored.get("model_config", {}).get("input_channels")):
         # Ours without a record (e.g. an older best.pth): the network's input width is its slices.
         stored["n_chunk"] = int(stored["model_config"]["input_channels"])
     return stored, "checkpoint" if stored else ""
+
+
+def is_number(value) -> bool:
+    """True for an int or float that is not a bool (JSON numbers)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# What each recorded value must be: (test, words for the message). A damaged or hand-edited record
+# otherwise ends in a ValueError traceback deep in the data pipeline.
+RECORD_CHECKS = {
+    "model_name": (lambda value: isinstance(value, str), "text"),
+    "n_chunk": (lambda value: is_number(value) and float(value).is_integer() and value >= 1, "a whole number >= 1"),
+    "dataset_normalization": (lambda value: value in ("standard", "none"), "standard or none"),
+    "dataset_means": (lambda value: isinstance(value, list) and all(map(is_number, value)), "a list of numbers"),
+    "dataset_stddevs": (lambda value: isinstance(value, list) and all(is_number(item) and item > 0 for item in value),
+                        "a list of numbers > 0"),
+    "threshold": (lambda value: is_number(value) and 0 < value < 1, "a number in (0, 1)"),
+}
+
+
+def check_record(path, stored: dict) -> None:
+    """One line naming the checkpoint and the value for a recorded value no run can use."""
+    for key, (test, words) in RECORD_CHECKS.items():
+        if key in stored and not test(stored[key]):
+            raise fail(path, f"its recorded {key} must be {words} (found {stored[key]!r:.80})")
 
 
 def check_conflicts(path, flags: PreprocessingFlags, stored: dict, recipe_model: str | None) -> None:
@@ -131,16 +156,18 @@ def check_conflicts(path, flags: PreprocessingFlags, stored: dict, recipe_model:
 def resolve_preprocessing(checkpoint: dict, flags: PreprocessingFlags, path="checkpoint") -> Preprocessing:
     """The preprocessing to use ``checkpoint`` with: flags, else the checkpoint, else the recipe."""
     from spinseg.models import model_class
-    from spinseg.models.model_config import model_input_config
+    from spinseg.models.model_config import check_model_config, model_input_config
 
     named = recipe(flags.recipe) if flags.recipe else None
     stored, source = stored_preprocessing(checkpoint)
+    check_record(path, stored)
     check_conflicts(path, flags, stored, named.model if named else None)
     if stored.get("release_inputs"):
         warn(f"{path}: trained on the release's {stored['release_inputs']} inputs (--release_inputs); these "
              f"slices are prepared otherwise: evaluate with --preset {stored['release_inputs']}")
     model_name = flags.model_name or stored.get("model_name") or (named.model if named else "spin")
     model_class(model_name)  # an unknown name: one line listing the known ones
+    check_model_config(model_name, flags.model_config)  # unknown key, wrong type: one line naming --model_config's file
     if named is None or named.model != model_name:
         named = RECIPES.get(model_name)
     if not source and named:
@@ -169,24 +196,38 @@ def resolve_preprocessing(checkpoint: dict, flags: PreprocessingFlags, path="che
 
 
 def load_with_preprocessing(path: str | os.PathLike, flags: PreprocessingFlags):
-    """Loads the model at ``path`` (eval mode) with the preprocessing it needs: (model, Preprocessing)."""
+    """Loads the model at ``path`` (eval mode) with the preprocessing it needs: (model, Preprocessing).
+
+    A checkpoint trained on other slices than ``--n_chunk`` (or the recipe's) is one line naming both,
+    whether or not it records its slices.
+    """
     from spinseg.models import keras_weights
-    from spinseg.models.checkpoint import load_model, load_safetensors, model_from_checkpoint
+    from spinseg.models.checkpoint import CheckpointMismatch, load_model, load_safetensors, model_from_checkpoint
 
     if keras_weights.is_hdf5_file(path):
         # The authors' Keras files record no preprocessing (the recipe gives it) but fix the network,
         # its input width included: the slices are what the built model takes.
         preprocessing = resolve_preprocessing({}, flags, path)
         model = load_model(path, preprocessing.model_name, **flags.model_config)
-        preprocessing.n_chunk = int(getattr(model, "in_channels", preprocessing.n_chunk))
+        width = int(getattr(model, "in_channels", preprocessing.n_chunk))
+        if flags.n_chunk is not None and flags.n_chunk != width:
+            raise fail(path, f"the model was trained on {width} stacked slices, not --n_chunk {flags.n_chunk}")
+        preprocessing.n_chunk = width
         preprocessing.model_config = dict(getattr(model, "config", {}))
         return model, preprocessing
     checkpoint = read_model_file(path)
     preprocessing = resolve_preprocessing(checkpoint, flags, path)
-    if Path(path).suffix == ".safetensors":
-        model = load_safetensors(path, preprocessing.model_name, **preprocessing.model_config)
-    else:
-        model = model_from_checkpoint(checkpoint, path, preprocessing.model_name, **preprocessing.model_config)
+    try:
+        if Path(path).suffix == ".safetensors":
+            model = load_safetensors(path, preprocessing.model_name, **preprocessing.model_config)
+        else:
+            model = model_from_checkpoint(checkpoint, path, preprocessing.model_name, **preprocessing.model_config)
+    except CheckpointMismatch as error:
+        if error.trained_width is None or "input_channels" in flags.model_config:
+            raise
+        chosen = f"--n_chunk {flags.n_chunk}" if flags.n_chunk is not None else \
+            f"the {preprocessing.n_chunk} of {preprocessing.source or 'the default'} (give --n_chunk {error.trained_width})"
+        raise fail(path, f"the model was trained on {error.trained_width} stacked slices, not {chosen}") from None
     return model.eval(), preprocessing
 
 

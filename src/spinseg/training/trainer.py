@@ -35,7 +35,7 @@ from spinseg.models.checkpoint import (
     save_checkpoint,
 )
 from spinseg.models.keras_weights import is_hdf5_file
-from spinseg.models.model_config import model_input_config, parse_model_config
+from spinseg.models.model_config import ModelConfig, check_model_config, model_input_config, parse_model_config
 from spinseg.recipes.config import TrainConfig, schedule_value, validate_train_config
 from spinseg.recipes.preprocessing import preprocessing_record
 from spinseg.runtime.devices import (
@@ -212,6 +212,15 @@ def read_training_inputs(config: TrainConfig) -> TrainingInputs:
     return TrainingInputs(scan_paths, ground_truth_paths, two_dimensional, first_shape, validation_lists)
 
 
+def check_input_width(given_config: ModelConfig, n_chunk: int, channels_per_slice: int) -> None:
+    """A ``--model_config`` input_channels other than the slices' width ended in a convolution traceback at the
+    first step, after the run folder was made; refuse it in one line before anything is written."""
+    width = n_chunk * channels_per_slice
+    if "input_channels" in given_config and "input_channels_segmentation" not in given_config and given_config["input_channels"] != width:
+        raise UserInputError(f"{given_config.source}: input_channels {given_config['input_channels']} does not fit --n_chunk {n_chunk} "
+                             f"({n_chunk} slice(s) x {channels_per_slice} channel(s) = {width}); leave input_channels out")
+
+
 def restore_training_state(config: TrainConfig, checkpoint_dir: Path, model: torch.nn.Module, model_config: dict,
                            optimizer: torch.optim.Optimizer) -> tuple[int, dict, float, dict | None, dict]:
     """Loads ``--restore_path`` (or, with ``--resume``, the run's latest complete checkpoint) into
@@ -326,7 +335,10 @@ def build_run(config: TrainConfig) -> TrainingRun:
 
     checkpoint_dir = Path(config.checkpoint_path)
     channels_per_slice = 3 if inputs.two_dimensional else 1
-    model_config = model_input_config(config.model_name, config.n_chunk, channels_per_slice, parse_model_config(config.model_config))
+    given_config = parse_model_config(config.model_config)
+    check_model_config(config.model_name, given_config)  # unknown key, wrong type: one line naming the file
+    model_config = model_input_config(config.model_name, config.n_chunk, channels_per_slice, given_config)
+    check_input_width(given_config, config.n_chunk, channels_per_slice)
     model = build_model(config.model_name, **model_config)
     model.preprocessing = preprocessing_record(config)  # saved in every checkpoint: evaluate/predict need no flags
     # Loss and optimiser by name: SPiN's (cross_entropy, adam) or a baseline's release recipe.
