@@ -59,3 +59,40 @@ def label_in_slice_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
 def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
     """Voxels of each component 1..count of ``labels``: int64 array of shape (count,)."""
     return np.bincount(labels.ravel(), minlength=count + 1)[1:]
+
+
+class ComponentVoxels:
+    """The voxels of every component of a label volume, for per-component statistics.
+
+    Statistics are computed over the N labelled voxels only (``np.bincount`` over their labels),
+    not over the whole volume: a 197 x 233 x 189 scan holds a few thousand lesion voxels among
+    8.7 million, and ``scipy.ndimage.center_of_mass``/``maximum`` with labels walk every voxel
+    (~2 s per predicted scan on a 2-core CPU, against ~0.05 s here).
+
+    ``labels``: int labels of any shape (D dims), 0 = background; ``count``: the largest label.
+    """
+
+    def __init__(self, labels: np.ndarray, count: int):
+        self.count = int(count)
+        self.indices = np.nonzero(labels)  # D arrays (N,)
+        self.labels = labels[self.indices]  # (N,) in 1..count
+        self.sizes = np.bincount(self.labels, minlength=self.count + 1)[1:]  # (count,)
+
+    def centroids(self) -> np.ndarray:
+        """Mean voxel index of each component: (count, D) float64."""
+        return np.stack([self.means(axis_indices) for axis_indices in self.indices], axis=1).reshape(self.count, -1)
+
+    def means(self, values: np.ndarray) -> np.ndarray:
+        """Mean of per-voxel ``values`` over each component: (N,) values or a volume of the labels' shape -> (count,)."""
+        values = self._at_voxels(values)
+        return np.bincount(self.labels, weights=values, minlength=self.count + 1)[1:] / np.maximum(self.sizes, 1)
+
+    def maxima(self, values: np.ndarray) -> np.ndarray:
+        """Maximum of ``values`` (a volume of the labels' shape, or (N,)) over each component: (count,)."""
+        maxima = np.full(self.count + 1, -np.inf)
+        np.maximum.at(maxima, self.labels, self._at_voxels(values))
+        return maxima[1:]
+
+    def _at_voxels(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values)
+        return values if values.ndim == 1 and values.shape[0] == self.labels.shape[0] else values[self.indices]

@@ -12,11 +12,10 @@ import csv
 from collections.abc import Callable
 
 import numpy as np
-from scipy import ndimage
 
 from spinseg.constants import DEFAULT_SIZE_BINS
+from spinseg.lesions import ComponentVoxels, label_components
 
-CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 LESION_COLUMNS = (
     "lesion_id", "voxels", "volume_ml",
     "centroid_scan_x_mm", "centroid_scan_y_mm", "centroid_scan_z_mm",
@@ -44,18 +43,18 @@ def lesion_table(
     (None: the scan is taken to be in MNI space already); ``both_passes``: (X, Y, Z) bool, voxels
     above threshold in both test-time-flip passes (None: no such column value).
     """
-    labels, count = ndimage.label(mask > 0, structure=CONNECTIVITY_26)
+    labels, count = label_components(mask > 0, 26)
     if count == 0:
         return []
-    indices = np.arange(1, count + 1)
-    voxels = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    components = ComponentVoxels(labels, count)
+    voxels = components.sizes
     voxel_mm3 = float(abs(np.linalg.det(np.asarray(affine)[:3, :3])))
-    centroids = np.asarray(ndimage.center_of_mass(mask > 0, labels, indices), dtype=float).reshape(count, 3)
+    centroids = components.centroids()
     scan_mm = centroids @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
     mni_mm = scan_to_mni(scan_mm) if scan_to_mni is not None else scan_mm
-    means = ndimage.mean(probabilities, labels, indices)
-    maxima = ndimage.maximum(probabilities, labels, indices)
-    agreement = ndimage.mean(both_passes.astype(np.float32), labels, indices) if both_passes is not None else None
+    means = components.means(probabilities)
+    maxima = components.maxima(probabilities)
+    agreement = components.means(both_passes.astype(np.float32)[components.indices]) if both_passes is not None else None
     rows = []
     for rank, position in enumerate(np.argsort(-voxels, kind="stable"), start=1):
         row = {"lesion_id": rank, "voxels": int(voxels[position]),

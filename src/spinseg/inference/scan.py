@@ -40,7 +40,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_from_to
-from scipy import ndimage
 
 from spinseg.constants import ATLAS_SHAPE
 from spinseg.errors import UserInputError, fail, warn
@@ -48,7 +47,7 @@ from spinseg.inference.predictor import InferenceOptions, predict_volume
 from spinseg.io.budgets import check_nifti_header, check_output_folder
 from spinseg.io.files import atomic_path, remove_stale_temporaries
 from spinseg.io.progress import progress_bar
-from spinseg.lesions import component_sizes, label_components
+from spinseg.lesions import ComponentVoxels, label_components
 from spinseg.recipes.preprocessing import PreprocessingFlags
 
 # The ATLAS R1.2 / MNI152 2009 grid, used when nilearn's copy of the template cannot be read.
@@ -251,8 +250,8 @@ def lesion_statistics(mask: np.ndarray, affine: np.ndarray) -> dict:
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     # 26-connectivity: voxels touching by a face, an edge or a corner belong to the same lesion.
     labels, count = label_components(mask > 0, 26)
-    sizes = component_sizes(labels, count)
-    centroids = ndimage.center_of_mass(mask > 0, labels, range(1, count + 1)) if count else []
+    components = ComponentVoxels(labels, count)
+    sizes, centroids = components.sizes, components.centroids()
     lesions = []
     for size, centroid in sorted(zip(sizes.tolist(), centroids), key=lambda item: -item[0]):
         world = affine[:3, :3] @ np.asarray(centroid) + affine[:3, 3]
