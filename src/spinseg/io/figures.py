@@ -1,14 +1,18 @@
-"""Pictures of predictions: per-slice panels and montages with lesion overlays (matplotlib, Agg)."""
+"""Pictures of predictions: per-slice panels and montages with lesion overlays (numpy + Pillow), and
+the PNG writer of matplotlib figures (plots; matplotlib is imported only there, ~0.5 s)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from spinseg.io.files import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 GROUND_TRUTH_COLOUR = (0.1, 0.9, 0.2)
 PREDICTION_COLOUR = (0.95, 0.15, 0.15)
@@ -37,6 +41,8 @@ def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 100, tight_l
     ``tight_layout`` the subplots are laid out to fit the figure's own size instead (plots with axes
     labels that must keep their size).
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(figure)
     if tight_layout:
         figure.tight_layout()
@@ -47,20 +53,12 @@ def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 100, tight_l
 
 def save_slice_panel(scan_slice, ground_truth_slice, prediction_slice, path, title: str = "") -> Path:
     """PNG with three panels: scan | ground truth overlay (green) | prediction overlay (red)."""
-    figure = Figure(figsize=(9, 3.4))
     panels = [
-        ("scan", overlay(scan_slice, [])),
-        ("ground truth", overlay(scan_slice, [(ground_truth_slice, GROUND_TRUTH_COLOUR)])),
-        ("prediction", overlay(scan_slice, [(prediction_slice, PREDICTION_COLOUR)])),
+        (overlay(scan_slice, []), "scan"),
+        (overlay(scan_slice, [(ground_truth_slice, GROUND_TRUTH_COLOUR)]), "ground truth"),
+        (overlay(scan_slice, [(prediction_slice, PREDICTION_COLOUR)]), "prediction"),
     ]
-    for position, (name, image) in enumerate(panels, start=1):
-        axis = figure.add_subplot(1, 3, position)
-        axis.imshow(image)
-        axis.set_title(name, fontsize=9)
-        axis.axis("off")
-    if title:
-        figure.suptitle(title, fontsize=10)
-    return save_figure(figure, path)
+    return save_panel_grid(panels, path, columns=3, title=title, cell_pixels=300)
 
 
 def montage_slices(mask: np.ndarray, count: int, fallback_depth: int) -> np.ndarray:
@@ -81,23 +79,66 @@ def save_overlay_montage(
     """
     union = prediction if ground_truth is None else (np.asarray(prediction) > 0) | (np.asarray(ground_truth) > 0)
     indices = montage_slices(union, count, scan.shape[-1])
-    columns = min(6, max(len(indices), len(crops or [])))
-    slice_rows = int(np.ceil(len(indices) / columns))
-    rows = slice_rows + int(np.ceil(len(crops or []) / columns))
-    figure = Figure(figsize=(2.2 * columns, 2.5 * rows))
-    for position, (crop_scan, crop_mask, crop_title) in enumerate(crops or [], start=slice_rows * columns + 1):
-        axis = figure.add_subplot(rows, columns, position)
-        axis.imshow(overlay(crop_scan, [(crop_mask, PREDICTION_COLOUR)]))
-        axis.set_title(crop_title, fontsize=7)
-        axis.axis("off")
-    for position, index in enumerate(indices, start=1):
+    crops = crops or []
+    columns = min(6, max(len(indices), len(crops), 1))
+    panels = []
+    for index in indices:
         layers = [(prediction[..., index], PREDICTION_COLOUR)]
         if ground_truth is not None:
             layers.insert(0, (ground_truth[..., index], GROUND_TRUTH_COLOUR))
-        axis = figure.add_subplot(rows, columns, position)
-        axis.imshow(overlay(scan[..., index], layers))
-        axis.set_title(f"slice {index}", fontsize=8)
-        axis.axis("off")
+        panels.append((overlay(scan[..., index], layers), f"slice {index}"))
+    # The crops start on a row of their own.
+    panels += [None] * (-len(panels) % columns)
+    panels += [(overlay(crop_scan, [(crop_mask, PREDICTION_COLOUR)]), crop_title) for crop_scan, crop_mask, crop_title in crops]
+    return save_panel_grid(panels, path, columns=columns, title=title)
+
+
+def caption_font(size: int):
+    """Pillow's bundled font at ``size`` px (its small bitmap font where Pillow lacks FreeType)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow < 10.1 or built without FreeType
+        return ImageFont.load_default()
+
+
+def save_panel_grid(
+    panels: list, path: str | os.PathLike, columns: int, title: str = "", cell_pixels: int = 220,
+) -> Path:
+    """Lays RGB panels out on a white grid with a caption above each and writes a PNG, atomically.
+
+    ``panels``: (image (h, w, 3) in [0, 1], caption) or None for an empty cell, row by row,
+    ``columns`` per row. Each image is scaled to fit a ``cell_pixels`` square keeping its aspect
+    ratio (nearest neighbour, so voxels stay visible). Drawn with numpy and Pillow, not matplotlib:
+    a predict run's QC picture took ~2 s through matplotlib's axes and ~0.1 s this way.
+    """
+    from PIL import Image, ImageDraw
+
+    caption_height, title_height, gap = 18, (24 if title else 0), 4
+    rows = max(1, -(-len(panels) // columns))
+    width = columns * (cell_pixels + gap) + gap
+    height = title_height + rows * (caption_height + cell_pixels + gap) + gap
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = caption_font(12)
     if title:
-        figure.suptitle(title, fontsize=10)
-    return save_figure(figure, path)
+        draw.text((width // 2, title_height // 2 + 2), title, fill="black", font=caption_font(15), anchor="mm")
+    for position, panel in enumerate(panels):
+        if panel is None:
+            continue
+        image, caption = panel
+        pixels = np.clip(np.asarray(image, dtype=np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)
+        scale = cell_pixels / max(pixels.shape[0], pixels.shape[1], 1)
+        size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+        tile = Image.fromarray(np.ascontiguousarray(pixels), "RGB").resize(size, Image.NEAREST)
+        row, column = divmod(position, columns)
+        left = gap + column * (cell_pixels + gap)
+        top = title_height + gap + row * (caption_height + cell_pixels + gap)
+        draw.text((left + cell_pixels // 2, top + caption_height // 2), caption, fill="black", font=font, anchor="mm")
+        canvas.paste(tile, (left + (cell_pixels - size[0]) // 2, top + caption_height + (cell_pixels - size[1]) // 2))
+    with atomic_path(path, suffix=".png") as temporary:
+        # zlib level 1: a QC picture of 1,350 x 750 px is written in 0.04 s instead of 0.17 s at the
+        # default level 6, and its file is as small (flat backgrounds and masks compress either way).
+        canvas.save(temporary, format="PNG", compress_level=1)
+    return Path(path)
