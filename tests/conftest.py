@@ -19,11 +19,25 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_template_cache(tmp_path_factory):
+    """Template heads built by the tests (coarse grids included) go to a folder of the session, not the
+    user's ~/.cache/spinseg; commands run in subprocesses inherit it through the environment."""
+    previous = os.environ.get("SPINSEG_CACHE_DIR")
+    os.environ["SPINSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("spinseg_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SPINSEG_CACHE_DIR", None)
+    else:
+        os.environ["SPINSEG_CACHE_DIR"] = previous
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from native_scans import (
     COARSE_MNI_SHAPE,
     coarse_template,
@@ -268,3 +270,57 @@ def test_lesion_table_by_hand():
     assert rows[1]["max_probability"] == pytest.approx(0.95) and rows[1]["mean_probability"] == pytest.approx((0.95 + 7 * 0.8) / 8, abs=1e-4)
     assert rows[0]["both_passes_fraction"] == pytest.approx(16 / 18, abs=1e-4)
     assert size_bin_label(100) == "<=100" and size_bin_label(101) == "101-1000" and size_bin_label(10001) == ">10000"
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), density=st.floats(0.02, 0.4))
+def test_component_statistics_match_scipy_over_the_whole_volume(seed, density):
+    """The lesion table's statistics over lesion voxels only equal scipy.ndimage's labelled ones over every voxel."""
+    from scipy import ndimage
+
+    from spinseg.lesions import ComponentVoxels, label_components
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((9, 7, 6)) < density
+    values = rng.random(mask.shape).astype(np.float32)
+    labels, count = label_components(mask, 26)
+    components = ComponentVoxels(labels, count)
+    indices = np.arange(1, count + 1)
+    assert components.sizes.tolist() == [int((labels == index).sum()) for index in indices]
+    if count:
+        np.testing.assert_allclose(components.centroids(), np.asarray(ndimage.center_of_mass(mask, labels, indices)), atol=1e-9)
+        np.testing.assert_allclose(components.means(values), ndimage.mean(values, labels, indices), rtol=1e-6)
+        np.testing.assert_array_equal(components.maxima(values), ndimage.maximum(values, labels, indices))
+
+
+def test_template_head_cache_returns_what_it_stored_and_rebuilds_a_broken_file(tmp_path, monkeypatch):
+    """The on-disk template cache gives the same arrays as building them; a corrupt file is rebuilt, an
+    unwritable folder only costs time."""
+    monkeypatch.setenv("SPINSEG_CACHE_DIR", str(tmp_path / "cache"))
+    grid = registration.working_grid(coarse_template())
+    shape, affine_bytes = tuple(grid.shape), np.asarray(grid.affine, dtype=float).tobytes()
+    built_head, built_brain = registration.template_images(shape, affine_bytes)
+    registration.cached_template_images.cache_clear()
+    head, brain = registration.template_volumes(grid)
+    (stored,) = list((tmp_path / "cache").glob("template_head_*.npz"))
+    np.testing.assert_array_equal(head, built_head)
+    np.testing.assert_array_equal(brain, built_brain)
+
+    calls = []
+    monkeypatch.setattr(registration, "template_images", lambda *args: calls.append(args) or (built_head, built_brain))
+    registration.cached_template_images.cache_clear()
+    head, _ = registration.template_volumes(grid)  # read back: nothing built
+    assert calls == [] and head.dtype == np.float32
+    np.testing.assert_array_equal(head, built_head)
+
+    stored.write_bytes(b"not a zip file")
+    registration.cached_template_images.cache_clear()
+    registration.template_volumes(grid)
+    assert len(calls) == 1 and np.load(stored)["head"].shape == shape  # rebuilt and rewritten
+
+    (tmp_path / "blocked").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("SPINSEG_CACHE_DIR", str(tmp_path / "blocked"))
+    registration.cached_template_images.cache_clear()
+    _, brain = registration.template_volumes(grid)
+    assert len(calls) == 2 and brain.dtype == bool
+    registration.cached_template_images.cache_clear()
