@@ -13,6 +13,10 @@ from spinseg.data.transforms import Normalization
 from spinseg.models.model_config import parse_model_config
 from spinseg.acceleration.inference import (
     FusedConvolutionActivation,
+    TwiceUpsampledConvolution,
+    TwiceUpsampledDecoderBlock,
+    convolution_then_space_to_depth,
+    fuse_upsampling_convolutions,
     onednn_bf16_available,
     fold_space_to_depth,
     fuse_conv_batch_norm,
@@ -29,7 +33,7 @@ from spinseg.inference.predictor import (
     prepare_for_inference,
 )
 from spinseg.models import build_model
-from spinseg.models.blocks import Conv2dBlock, space_to_depth
+from spinseg.models.blocks import Conv2dBlock, DecoderBlock, UpsampleConvBlock, space_to_depth
 from spinseg.models.layers_extra import ConvNormActivation
 
 from conftest import SMALL_SPIN_CONFIG
@@ -140,6 +144,58 @@ def test_space_to_depth_then_convolution_equals_one_strided_convolution(block_si
         torch.testing.assert_close(folded(x), convolution(space_to_depth(x, block_size)), atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("block_size,kernel_size", [(2, 3), (2, 1), (4, 3), (2, 5)])
+def test_convolution_then_space_to_depth_equals_one_strided_convolution(block_size, kernel_size):
+    torch.manual_seed(block_size * 7 + kernel_size)
+    convolution = nn.Conv2d(3, 2, kernel_size, padding=kernel_size // 2).double()
+    x = torch.randn(2, 3, 5 * block_size, 7 * block_size, dtype=torch.float64)
+    folded = convolution_then_space_to_depth(convolution, block_size)
+    assert folded.stride == (block_size, block_size) and folded.out_channels == 2 * block_size**2
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), space_to_depth(convolution(x), block_size), atol=1e-12, rtol=1e-12)
+    with pytest.raises(ValueError, match="cannot fold"):
+        convolution_then_space_to_depth(nn.Conv2d(3, 2, 2, padding=1), 2)  # even kernel: no centred window
+
+
+@pytest.mark.skipif(not onednn_fusion_available(), reason="this torch build has no oneDNN fused convolution")
+@pytest.mark.parametrize("activation", ["leaky_relu", None])
+def test_twice_upsampled_convolution_equals_upsampling_then_convolution(activation):
+    torch.manual_seed(9)
+    block = UpsampleConvBlock(6, 5, activation, use_batch_norm=False).eval()
+    with torch.no_grad():
+        block.conv.conv.weight.mul_(3)  # weights of either sign and a spread of sizes
+    (replaced,) = [fuse_upsampling_convolutions(nn.Sequential(copy.deepcopy(block)))[0]]
+    assert isinstance(replaced, TwiceUpsampledConvolution)
+    x = torch.randn(2, 6, 9, 12)
+    with torch.inference_mode():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            expected = block(x, (18, 24))
+            actual = replaced(x.contiguous(memory_format=layout), (18, 24))
+            assert actual.shape == expected.shape
+            torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+            # Borders included: the zero padding of the upsampled map is the zero padding of the input.
+            assert (actual[..., 0, :] - expected[..., 0, :]).abs().max() < 1e-5
+        # Any other size runs the block itself: an odd target is upsampling by less than 2.
+        assert torch.equal(replaced(x, (17, 23)), block(x, (17, 23)))
+    y = replaced(x.requires_grad_(), (18, 24))  # with gradients: the block itself, which autograd knows
+    y.sum().backward()
+    assert x.grad is not None
+
+
+@pytest.mark.skipif(not onednn_fusion_available(), reason="this torch build has no oneDNN fused convolution")
+def test_decoder_block_writes_upsampled_map_and_skip_into_one_tensor_with_the_same_result():
+    torch.manual_seed(10)
+    block = DecoderBlock(6, 3, 5, "leaky_relu", use_batch_norm=False).eval()
+    replaced = fuse_upsampling_convolutions(nn.Sequential(copy.deepcopy(block)))[0]
+    assert isinstance(replaced, TwiceUpsampledDecoderBlock)
+    x = torch.randn(2, 6, 9, 12).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        skip = torch.randn(2, 3, 18, 24)
+        torch.testing.assert_close(replaced(x, skip), block(x, skip), atol=1e-5, rtol=1e-5)
+        odd_skip = torch.randn(2, 3, 17, 24)  # not twice the input: the block itself
+        assert torch.equal(replaced(x, odd_skip), block(x, odd_skip))
+
+
 def test_preparing_a_model_leaves_the_global_random_state_alone():
     """The trainer prepares a copy for every validation; a resumed run must draw the same random numbers."""
     model = small_spin(seed=5)
@@ -159,9 +215,12 @@ def test_folding_space_to_depth_in_spin_keeps_its_output():
     assert all(size == 1 for size in folded.subpixel_guidance.input_block_sizes)
     assert 2 in fused.subpixel_guidance.input_block_sizes  # the copy was not touched
     assert folded.decoder_segmentation.learnable_downsampler.feature_block_size == 1
+    assert folded.decoder_segmentation.output_folded and not fused.decoder_segmentation.output_folded
     x = torch.randn(2, 5, 33, 38, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), fused(x), atol=1e-9, rtol=1e-9)
+        # forward_all still returns the 2x logits (rebuilt from the folded output's subpixels).
+        torch.testing.assert_close(folded.forward_all(x)["logits_2x"], fused.forward_all(x)["logits_2x"], atol=1e-9, rtol=1e-9)
 
 
 @pytest.mark.skipif(not onednn_fusion_available(), reason="this torch build has no oneDNN fused convolution")

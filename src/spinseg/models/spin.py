@@ -222,9 +222,10 @@ class LearnableDownsampler(nn.Module):
         # 1 once the fast inference path has folded the space-to-depth into conv_block's first convolution.
         self.feature_block_size = 2
 
-    def forward(self, features: torch.Tensor, logits_2x: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, logits_subpixels: torch.Tensor) -> torch.Tensor:
+        """features (B, F, 2H, 2W) and the 2x logits space-to-depth'd, (B, 4, H, W) -> logits (B, 1, H, W)."""
         weights = torch.softmax(self.weights(self.conv_block(space_to_depth(features, self.feature_block_size))), dim=1)
-        return torch.sum(weights * space_to_depth(logits_2x, 2), dim=1, keepdim=True)
+        return torch.sum(weights * logits_subpixels, dim=1, keepdim=True)
 
 
 class SegmentationDecoder(nn.Module):
@@ -261,6 +262,9 @@ class SegmentationDecoder(nn.Module):
         self.learnable_downsampler = LearnableDownsampler(
             n_filters[5], n_filters_learnable_downsampler, kernel_sizes_learnable_downsampler, activation
         )
+        # True once the fast inference path has folded space_to_depth(output(x), 2) into ``output``
+        # itself (one stride-2 convolution giving the four subpixel logits at H x W).
+        self.output_folded = False
 
     def forward(
         self, latent: torch.Tensor, skips: list[torch.Tensor], guidance: dict[int, torch.Tensor], size: Sequence[int]
@@ -272,8 +276,13 @@ class SegmentationDecoder(nn.Module):
             x = block(x, skip)
         x = self.deconv0(x, guidance.get(1), size=(height, width))
         features_2x = self.deconv_super_resolution(x, guidance.get(0), size=(2 * height, 2 * width))
-        logits_2x = self.output(features_2x)
-        return logits_2x, self.learnable_downsampler(features_2x, logits_2x)
+        if self.output_folded:
+            logits_subpixels = self.output(features_2x)  # (B, 4, H, W)
+            logits_2x = depth_to_space(logits_subpixels, 2)
+        else:
+            logits_2x = self.output(features_2x)  # (B, 1, 2H, 2W)
+            logits_subpixels = space_to_depth(logits_2x, 2)
+        return logits_2x, self.learnable_downsampler(features_2x, logits_subpixels)
 
 
 class SPiN(ReleaseSubnetworks, RemembersConfig):
