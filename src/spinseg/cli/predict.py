@@ -11,7 +11,7 @@ from spinseg.inference import scan as scan_module
 from spinseg.inference.intensity import INTENSITY_MODES
 from spinseg.inference.native import PredictSettings
 from spinseg.inference.scan import load_predict_model
-from spinseg.inference.study import collect_jobs, run_study
+from spinseg.inference.study import ScanPrefetch, collect_jobs, run_study
 from spinseg.models.checkpoint import CHECKPOINT_SUFFIXES
 from spinseg.recipes.config import check_numeric_flags
 from spinseg.recipes.preprocessing import PreprocessingFlags
@@ -81,11 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     jobs = collect_jobs(arguments.input, Path(arguments.output), arguments.pattern)
 
     from spinseg.acceleration.allocator import tune_glibc_malloc
+
+    tune_glibc_malloc()
+    # The first scan is read while the model loads (ScanPrefetch); the run's end or an error stops it.
+    prefetch = ScanPrefetch(jobs)
+    try:
+        return segment_study(arguments, jobs, prefetch)
+    finally:
+        prefetch.close()
+
+
+def segment_study(arguments: argparse.Namespace, jobs: list, prefetch: ScanPrefetch) -> int:
+    """Loads and prepares the model, then segments every job (:func:`spinseg.inference.study.run_study`); returns the exit code."""
     from spinseg.models.model_config import parse_model_config
     from spinseg.runtime.devices import configure_cuda_math
     from spinseg.runtime.distributed import select_device
 
-    tune_glibc_malloc()
     device = select_device(arguments.device)
     configure_cuda_math(device)  # no TF32: masks as in fp32 (docs/gpu.md)
     if not Path(arguments.checkpoint).is_file():
@@ -105,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     model = prepare_for_inference(model.to(device), settings.inference_options())
     rows = run_study(model, jobs, Path(arguments.output), settings,
                      report_extra={"model": preprocessing.model_name, "checkpoint": str(arguments.checkpoint),
-                                   "preprocessing_from": preprocessing.source}, overwrite=arguments.overwrite)
+                                   "preprocessing_from": preprocessing.source}, overwrite=arguments.overwrite,
+                     prefetch=prefetch)
     return 2 if any(row["status"] == "failed" for row in rows) else 0
 
 

@@ -194,15 +194,61 @@ def write_dataset_description(root: Path, sources: list[str]) -> None:
         make_readable(temporary)
 
 
+class ScanPrefetch:
+    """Reads the scans of a run one ahead, in a background thread: ``image(index)`` -> the opened scan, voxels read.
+
+    Reading a 1 mm scan is mostly gzip decompression (~0.3 s), which runs outside Python's lock;
+    started before the model is loaded, the first read overlaps the imports and the model load
+    (single-threaded) instead of adding to them, and each later read overlaps the previous scan's
+    writing. A scan that cannot be read raises its one-line error when its turn comes.
+    """
+
+    def __init__(self, jobs: list[ScanJob]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.paths = [job.path for job in jobs]
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spinseg-read")
+        self.futures = {}
+        self._submit(0)
+
+    def _submit(self, index: int) -> None:
+        if index < len(self.paths) and index not in self.futures:
+            self.futures[index] = self.executor.submit(read_scan, self.paths[index])
+
+    def image(self, index: int) -> nib.Nifti1Image:
+        """The scan ``index`` (of the jobs given), opened and with its voxels read; starts reading the next one."""
+        self._submit(index)
+        future = self.futures.pop(index)
+        self._submit(index + 1)
+        return future.result()
+
+    def close(self) -> None:
+        """Stops reading ahead (a read in progress finishes; its result is dropped)."""
+        for future in self.futures.values():
+            future.cancel()
+        self.executor.shutdown(wait=True)
+
+
+def read_scan(path: Path) -> nib.Nifti1Image:
+    """:func:`spinseg.inference.scan.load_scan` plus reading its voxels as float32 (kept in nibabel's cache,
+    where :func:`spinseg.inference.scan.scan_data` finds them); a file that cannot be decoded is left to
+    ``scan_data``, which names the problem."""
+    image = load_scan(path)
+    with contextlib.suppress(Exception):
+        image.get_fdata(dtype=np.float32)
+    return image
+
+
 def run_study(model, jobs: list[ScanJob], output_dir: Path, settings: PredictSettings, report_extra: dict | None = None,
-              warn_line=None, overwrite: bool = False) -> list[dict]:
+              warn_line=None, overwrite: bool = False, prefetch: ScanPrefetch | None = None) -> list[dict]:
     """Segments every job, writes its outputs and one ``summary.csv``; returns the summary rows.
 
     Before any work: no output may be one of the inputs, an existing output is refused unless
     ``overwrite``, and the folder must be writable with room (:func:`spinseg.inference.scan.check_planned_outputs`).
 
     A failing scan (unreadable, 2-D/4-D, failed registration, ...) prints its one-line error,
-    writes nothing and does not stop the others (its row says ``failed``).
+    writes nothing and does not stop the others (its row says ``failed``). Scans are read one
+    ahead (``prefetch``: one made for ``jobs`` earlier, e.g. before the model was loaded; else one is made here).
     """
     from spinseg.errors import warn as default_warn
     from spinseg.io.progress import progress_bar
@@ -215,40 +261,48 @@ def run_study(model, jobs: list[ScanJob], output_dir: Path, settings: PredictSet
     if any(job.bids for job in jobs):
         write_dataset_description(output_dir / DERIVATIVES, sorted({str(job.bids_root) for job in jobs if job.bids}))
     rows = []
-    # No bar when stderr is not a terminal, so logs hold only the error lines.
-    for job in progress_bar(jobs, desc="predict", unit="scan"):
-        warnings: list[str] = []
-
-        def record(message: str, warnings: list[str] = warnings) -> None:
-            warnings.append(message)
-            warn_line(message)
-
-        row = {"scan": job.name, "input": str(job.path), "registered": settings.register}
-        try:
-            image = load_scan(job.path)
-            prediction = predict_native(model, image, settings, name=job.path, warn=record)
-            paths = job_paths(job, settings)
-            prediction.report = {"name": job.name, "input": str(job.path), **(report_extra or {}), **prediction.report,
-                                 "warnings": warnings,
-                                 "normalization": {"kind": settings.normalization.kind, "means": list(settings.normalization.means),
-                                                   "stddevs": list(settings.normalization.stddevs)},
-                                 "outputs": {key: str(value) for key, value in paths.items()}}
-            title = f"{job.name}: {prediction.report['lesion_volume_ml']:.2f} ml, {prediction.report['n_lesions']} lesion(s)"
-            write_outputs(image, prediction, paths, title, settings.qc_lesions)
-        except UserInputError as error:
-            print(f"error: {error}", file=sys.stderr, flush=True)
-            rows.append({**row, "status": "failed", "warnings": " | ".join(warnings), "error": str(error)})
-            continue
-        ratio = prediction.report["intensity"]["ratio_to_training"]
-        rows.append({**row, "status": "ok", "lesion_count": prediction.report["n_lesions"],
-                     "total_ml": prediction.report["lesion_volume_ml"], "intensity_ratio": "" if ratio is None else ratio,
-                     "warnings": " | ".join(warnings), "error": ""})
-        print(f"{job.name}: {prediction.report['lesion_volume_ml']:.3f} ml in {prediction.report['n_lesions']} lesion(s) "
-              f"-> {paths['mask']}", flush=True)
+    prefetch = prefetch or ScanPrefetch(jobs)
+    try:
+        for index, job in enumerate(progress_bar(jobs, desc="predict", unit="scan")):
+            rows.append(segment_job(model, job, prefetch, index, settings, report_extra, warn_line))
+    finally:
+        prefetch.close()
     # A run in which every scan failed leaves nothing behind (its errors were printed), as a failed scan does.
     if any(row["status"] == "ok" for row in rows):
         write_summary(rows, summary_root / "summary.csv")
     return rows
+
+
+def segment_job(model, job: ScanJob, prefetch: ScanPrefetch, index: int, settings: PredictSettings,
+                report_extra: dict | None, warn_line) -> dict:
+    """Segments one scan of :func:`run_study` and writes its outputs; returns its summary row (``failed`` on a one-line error)."""
+    warnings: list[str] = []
+
+    def record(message: str, warnings: list[str] = warnings) -> None:
+        warnings.append(message)
+        warn_line(message)
+
+    row = {"scan": job.name, "input": str(job.path), "registered": settings.register}
+    try:
+        image = prefetch.image(index)
+        prediction = predict_native(model, image, settings, name=job.path, warn=record)
+        paths = job_paths(job, settings)
+        prediction.report = {"name": job.name, "input": str(job.path), **(report_extra or {}), **prediction.report,
+                             "warnings": warnings,
+                             "normalization": {"kind": settings.normalization.kind, "means": list(settings.normalization.means),
+                                               "stddevs": list(settings.normalization.stddevs)},
+                             "outputs": {key: str(value) for key, value in paths.items()}}
+        title = f"{job.name}: {prediction.report['lesion_volume_ml']:.2f} ml, {prediction.report['n_lesions']} lesion(s)"
+        write_outputs(image, prediction, paths, title, settings.qc_lesions)
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return {**row, "status": "failed", "warnings": " | ".join(warnings), "error": str(error)}
+    ratio = prediction.report["intensity"]["ratio_to_training"]
+    print(f"{job.name}: {prediction.report['lesion_volume_ml']:.3f} ml in {prediction.report['n_lesions']} lesion(s) "
+          f"-> {paths['mask']}", flush=True)
+    return {**row, "status": "ok", "lesion_count": prediction.report["n_lesions"],
+            "total_ml": prediction.report["lesion_volume_ml"], "intensity_ratio": "" if ratio is None else ratio,
+            "warnings": " | ".join(warnings), "error": ""}
 
 
 def write_summary(rows: list[dict], path: Path) -> None:
