@@ -34,6 +34,20 @@ def missing(path, what: str, hint: str = "", suffixes: tuple[str, ...] = ()) -> 
     return fail(path, f"is a folder, not a {what} file{shown}")
 
 
+@functools.lru_cache(maxsize=1)
+def skip_final_garbage_collection() -> None:
+    """Makes the interpreter's exit skip its last full garbage collection (registered once per process).
+
+    At exit Python walks every object still alive; with torch imported that is over a million and
+    takes ~0.3 s of every command on a 2-core CPU. ``gc.freeze()`` from an exit handler (these run
+    before that collection) moves them all out of its reach; nothing is left to be used by then.
+    """
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)
+
+
 def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
     """Decorates a command-line ``main`` so a :class:`UserInputError` prints one line and exits 2.
 
@@ -42,6 +56,7 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> int:
+        skip_final_garbage_collection()
         try:
             status = main(*args, **kwargs)
         except UserInputError as error:
