@@ -184,3 +184,28 @@ def test_empty_records_rejected(tmp_path):
         reporting.challenge_table([])
     with pytest.raises(ValueError):
         reporting.write_report(tmp_path, [], "T")
+
+
+def test_overlay_montage_shows_the_mask_in_red_where_it_is_and_nowhere_else(tmp_path):
+    """The montage (numpy + Pillow) marks predicted voxels in red on the slices holding them, with crops after."""
+    from PIL import Image
+
+    from spinseg.io.figures import PREDICTION_COLOUR, save_overlay_montage
+
+    rng = np.random.default_rng(0)
+    scan = rng.uniform(0.0, 1.0, (30, 36, 12)).astype(np.float32)
+    mask = np.zeros(scan.shape, dtype=np.uint8)
+    mask[5:15, 6:16, 4:7] = 1
+
+    def red_pixels(path: Path) -> int:
+        pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        # Grey scan pixels have equal channels; blended with the prediction colour, red dominates.
+        return int(((pixels[..., 0] - pixels[..., 1] > 60) & (pixels[..., 0] - pixels[..., 2] > 60)).sum())
+
+    crops = [(scan[3:17, 4:18, 5], mask[3:17, 4:18, 5], "#1")]
+    save_overlay_montage(scan, mask, tmp_path / "with.png", count=4, title="with a lesion", crops=crops)
+    save_overlay_montage(scan, np.zeros_like(mask), tmp_path / "without.png", count=4, title="no lesion")
+    assert PREDICTION_COLOUR[0] > 0.9 and red_pixels(tmp_path / "with.png") > 100
+    assert red_pixels(tmp_path / "without.png") == 0
+    with_size, without_size = Image.open(tmp_path / "with.png").size, Image.open(tmp_path / "without.png").size
+    assert with_size[1] > without_size[1]  # the crop row comes after the slices

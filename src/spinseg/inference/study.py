@@ -198,9 +198,9 @@ class ScanPrefetch:
     """Reads the scans of a run one ahead, in a background thread: ``image(index)`` -> the opened scan, voxels read.
 
     Reading a 1 mm scan is mostly gzip decompression (~0.3 s), which runs outside Python's lock;
-    started before the model is loaded, the first read overlaps the imports and the model load
-    (single-threaded) instead of adding to them, and each later read overlaps the previous scan's
-    writing. A scan that cannot be read raises its one-line error when its turn comes.
+    started before the model is loaded, the first read overlaps the model load and preparation
+    (single-threaded) instead of adding to them; each later read runs while the previous scan is
+    segmented. A scan that cannot be read raises its one-line error when its turn comes.
     """
 
     def __init__(self, jobs: list[ScanJob]):

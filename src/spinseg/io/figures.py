@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -103,6 +102,12 @@ def caption_font(size: int):
         return ImageFont.load_default()
 
 
+def draw_centred(draw, centre: tuple[int, int], text: str, font) -> None:
+    """Writes ``text`` in black centred on ``centre`` (x, y) px (measured, so bitmap fonts work too)."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text((centre[0] - (left + right) // 2, centre[1] - (top + bottom) // 2), text, fill="black", font=font)
+
+
 def save_panel_grid(
     panels: list, path: str | os.PathLike, columns: int, title: str = "", cell_pixels: int = 220,
 ) -> Path:
@@ -123,7 +128,7 @@ def save_panel_grid(
     draw = ImageDraw.Draw(canvas)
     font = caption_font(12)
     if title:
-        draw.text((width // 2, title_height // 2 + 2), title, fill="black", font=caption_font(15), anchor="mm")
+        draw_centred(draw, (width // 2, title_height // 2 + 2), title, caption_font(15))
     for position, panel in enumerate(panels):
         if panel is None:
             continue
@@ -135,7 +140,7 @@ def save_panel_grid(
         row, column = divmod(position, columns)
         left = gap + column * (cell_pixels + gap)
         top = title_height + gap + row * (caption_height + cell_pixels + gap)
-        draw.text((left + cell_pixels // 2, top + caption_height // 2), caption, fill="black", font=font, anchor="mm")
+        draw_centred(draw, (left + cell_pixels // 2, top + caption_height // 2), caption, font)
         canvas.paste(tile, (left + (cell_pixels - size[0]) // 2, top + caption_height + (cell_pixels - size[1]) // 2))
     with atomic_path(path, suffix=".png") as temporary:
         # zlib level 1: a QC picture of 1,350 x 750 px is written in 0.04 s instead of 0.17 s at the
