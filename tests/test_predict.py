@@ -24,6 +24,7 @@ from nibabel.processing import resample_from_to
 from spinseg.cli import predict as predict_cli
 from spinseg.constants import ATLAS_MEAN, ATLAS_STD
 from spinseg.data.transforms import Normalization
+from spinseg.errors import UserInputError
 from conftest import (
     BRAIN,
     LESION,
@@ -36,7 +37,6 @@ from conftest import (
 )
 from spinseg.inference import scan as predict
 from spinseg.recipes.preprocessing import Preprocessing, PreprocessingFlags
-from spinseg.inference.predictor import InferenceOptions
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL_CHECKPOINT = str(FIXTURES / "spin_small_original_format.pth")
@@ -222,6 +222,9 @@ def test_planted_lesion_is_found_on_mni_and_resliced_reoriented_grids(tmp_path, 
 
 
 def test_squeezed_4d_keeps_its_shape_shifted_scan_warns_and_a_failed_write_leaves_nothing(tmp_path, monkeypatch, capsys):
+    from spinseg.inference import study
+    from spinseg.inference.native import PredictSettings
+
     monkeypatch.setattr(predict, "template_grid", coarse_template)
     grid = coarse_template()
     volume, lesion = ellipsoid_brain(grid.shape, grid.affine)
@@ -229,9 +232,14 @@ def test_squeezed_4d_keeps_its_shape_shifted_scan_warns_and_a_failed_write_leave
     nib.save(image, tmp_path / "four_d_1.nii.gz")
     model = ThresholdModel(ATLAS_NORMALIZATION)
     # The stand-in model runs as it is (plain path), 5 stacked slices.
-    stand_in_options = InferenceOptions(normalization=ATLAS_NORMALIZATION, n_chunk=5, prepare=False)
-    errors = predict.run_predict(model, [tmp_path / "four_d_1.nii.gz"], tmp_path / "out", stand_in_options)
-    assert errors == []
+    settings = PredictSettings(5, ATLAS_NORMALIZATION, prepare=False)
+
+    def run(name: str, output: Path) -> list[dict]:
+        jobs = study.collect_jobs([str(tmp_path / name)], output)
+        return study.run_study(model, jobs, output, settings)
+
+    rows = run("four_d_1.nii.gz", tmp_path / "out")
+    assert [row["status"] for row in rows] == ["ok"]
     mask = nib.load(tmp_path / "out" / "four_d_1_lesion_mask.nii.gz")
     assert mask.shape == image.shape
     assert dice(np.asarray(mask.dataobj)[..., 0] > 0, lesion) > 0.6  # 4 mm voxels: coarse sphere
@@ -239,20 +247,20 @@ def test_squeezed_4d_keeps_its_shape_shifted_scan_warns_and_a_failed_write_leave
 
     # 60 mm off the template: still processed, with one warning line and the flag in the report.
     nib.save(reslice(nib.Nifti1Image(volume, grid.affine), 4.0, shift_mm=(60.0, 0.0, 0.0)), tmp_path / "shifted.nii.gz")
-    errors = predict.run_predict(model, [tmp_path / "shifted.nii.gz"], tmp_path / "out", stand_in_options)
+    rows = run("shifted.nii.gz", tmp_path / "out_shifted")
     warnings = capsys.readouterr().err.strip().splitlines()
-    assert errors == [] and len(warnings) == 1 and warnings[0].startswith("warning: ") and "shifted" in warnings[0]
-    report = json.loads((tmp_path / "out" / "shifted_report.json").read_text())
+    assert rows[0]["status"] == "ok" and len(warnings) == 1 and warnings[0].startswith("warning: ") and "shifted" in warnings[0]
+    report = json.loads((tmp_path / "out_shifted" / "shifted_report.json").read_text())
     assert report["mni_warning"] and report["mni_warning_reasons"]
-    assert nib.load(tmp_path / "out" / "shifted_lesion_mask.nii.gz").shape == nib.load(tmp_path / "shifted.nii.gz").shape
+    assert nib.load(tmp_path / "out_shifted" / "shifted_lesion_mask.nii.gz").shape == nib.load(tmp_path / "shifted.nii.gz").shape
 
-    def broken_montage(*args, **kwargs):
-        raise predict.UserInputError("qc.png: disk full")
+    def broken_picture(*args, **kwargs):
+        raise UserInputError("qc.png: disk full")
 
-    monkeypatch.setattr(predict, "save_qc_montage", broken_montage)
-    errors = predict.run_predict(model, [tmp_path / "four_d_1.nii.gz"], tmp_path / "again", stand_in_options)
-    assert errors == ["qc.png: disk full"]
-    assert list((tmp_path / "again").iterdir()) == []
+    monkeypatch.setattr(study, "save_qc", broken_picture)
+    rows = run("four_d_1.nii.gz", tmp_path / "again")
+    assert [(row["status"], row["error"]) for row in rows] == [("failed", "qc.png: disk full")]
+    assert not (tmp_path / "again").exists() or list((tmp_path / "again").rglob("*")) == []
 
 
 def test_release_unet_checkpoint_defaults_to_one_slice(tmp_path):
@@ -265,7 +273,7 @@ def test_release_unet_checkpoint_defaults_to_one_slice(tmp_path):
     assert preprocessing.n_chunk == 1 and model.in_channels == 1
     # The authors' checkpoints record nothing: the U-Net recipe's normalisation, not a guess from elsewhere.
     assert preprocessing.dataset_means == [ATLAS_MEAN] and preprocessing.source == "recipe unet"
-    with pytest.raises(predict.UserInputError, match="checkpoint of another model|does not fit"):
+    with pytest.raises(UserInputError, match="checkpoint of another model|does not fit"):
         predict.load_predict_model(str(tmp_path / "unet_atlas_traintest.pth"), PreprocessingFlags("spin"))
 
 

@@ -33,7 +33,8 @@ from spinseg.datasets.native_scans import (
 from spinseg.datasets.splits import read_split
 from spinseg.errors import UserInputError, fail
 from spinseg.evaluation.metrics import dice_score
-from spinseg.inference.scan import output_paths, scan_name
+from spinseg.inference.scan import scan_name
+from spinseg.inference.study import ScanJob, output_names
 from spinseg.io.files import atomic_path, write_json
 
 
@@ -123,7 +124,7 @@ def predict_mask(predict: Callable[[list[str]], int], scan: Path, output_dir: Pa
     arguments = ["--checkpoint", str(config.checkpoint), "--input", str(scan), "--output", str(output_dir),
                  "--device", config.device, "--batch_size", str(config.batch_size), "--overwrite", *extra]
     status = predict(arguments)
-    paths = output_paths(output_dir, scan_name(scan))
+    paths = output_names(ScanJob(scan, output_dir, scan_name(scan)))  # a plain input file's names in --output
     if status != 0 or not paths["mask"].is_file():
         raise fail(scan, f"predict {' '.join(extra)} failed (exit code {status})")
     return np.asarray(nib.load(paths["mask"]).dataobj) > 0, paths["report"]

@@ -13,26 +13,18 @@ voxels of 1 mm, the template's affine), sliced along the last axis. Each input s
 4. its probabilities resampled (trilinear) back onto the INPUT's grid and thresholded there,
 
 so the mask has exactly the input's shape, affine and spatial header and overlays the scan in any
-viewer. No registration is done: a scan that is not in MNI space is still processed (resampled in
-world coordinates) but a one-line warning says that the models were trained on registered data.
-
-Per scan ``<name>`` the output folder gets ``<name>_lesion_mask.nii.gz`` (uint8 0/1),
-``<name>_report.json``, ``<name>_qc.png`` and, with ``--save_probability``,
-``<name>_lesion_prob.nii.gz`` (float32). All of a scan's files are written to temporary files and
-renamed only once all of them are complete: a scan that fails leaves nothing. A scan that fails
-prints one line and the others go on; the exit code is then 2.
-
-The QC montage shows the INPUT grid (the scan and the mask as written, only re-ordered/flipped
-to the closest RAS orientation so that anterior is up; no interpolation), axial slices holding
-lesions, prediction in red. Anisotropic voxels appear stretched.
+viewer. This module does that geometry for one scan (:func:`predict_scan`, used when no registration is
+asked for: a scan that is not in MNI space is still processed, resampled in world coordinates, with a
+one-line warning), reads and checks scans, and guards the output folder. The run itself, with
+``--register``, the intensity check, the per-lesion table, the QC picture and whole studies, is
+:func:`spinseg.inference.study.run_study` over :func:`spinseg.inference.native.predict_native`; the files
+each scan gets are listed in docs/predict.md.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import gzip
 import os
-import sys
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,11 +34,10 @@ import numpy as np
 from nibabel.processing import resample_from_to
 
 from spinseg.constants import ATLAS_SHAPE
-from spinseg.errors import UserInputError, fail, warn
+from spinseg.errors import fail
 from spinseg.inference.predictor import InferenceOptions, predict_volume
 from spinseg.io.budgets import check_nifti_header, check_output_folder
-from spinseg.io.files import atomic_path, remove_stale_temporaries
-from spinseg.io.progress import progress_bar
+from spinseg.io.files import remove_stale_temporaries
 from spinseg.lesions import ComponentVoxels, label_components
 from spinseg.recipes.preprocessing import PreprocessingFlags
 
@@ -133,43 +124,6 @@ def scan_name(path: Path) -> str:
 def is_nifti_path(path: Path) -> bool:
     """True for names ending in ``.nii`` or ``.nii.gz`` (case-insensitive)."""
     return path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
-def collect_inputs(paths: list[str]) -> list[Path]:
-    """Files given, plus the ``.nii``/``.nii.gz`` files directly inside folders given (sorted).
-
-    A missing path, a non-NIfTI file name, an empty folder or two inputs with the same name
-    (their outputs would overwrite each other) raise a one-line ``UserInputError``. Our own
-    outputs (``*_lesion_mask``/``*_lesion_prob``) inside a folder are skipped.
-    """
-    found: list[Path] = []
-    for text in paths:
-        path = Path(text)
-        if path.is_dir():
-            scans = sorted(
-                item for item in path.iterdir()
-                if item.is_file() and is_nifti_path(item) and not scan_name(item).endswith(OUTPUT_SUFFIXES)
-            )
-            if not scans:
-                raise fail(path, "folder holds no .nii or .nii.gz files")
-            found.extend(scans)
-        elif path.is_file():
-            if not is_nifti_path(path):
-                raise fail(path, "not a NIfTI file name (expected .nii or .nii.gz)")
-            found.append(path)
-        else:
-            raise fail(path, "input not found")
-    unique: dict[Path, Path] = {}
-    for path in found:
-        # The same file given twice (e.g. alone and inside its folder) is processed once.
-        unique.setdefault(path.resolve(), path)
-    names: dict[str, Path] = {}
-    for path in unique.values():
-        name = scan_name(path)
-        if name in names:
-            raise fail(path, f"same name as {names[name]}: their outputs would overwrite each other")
-        names[name] = path
-    return list(unique.values())
 
 
 def load_scan(path: str | os.PathLike) -> nib.Nifti1Image:
@@ -349,53 +303,6 @@ def input_geometry(image: nib.Nifti1Image, grid: Grid, template: Grid) -> dict:
     }
 
 
-def save_qc_montage(image: nib.Nifti1Image, mask_image: nib.Nifti1Image, path, title: str = "", count: int = 12) -> Path:
-    """QC PNG: axial slices of the INPUT grid with the mask in red (``save_overlay_montage``).
-
-    Both are brought to the closest RAS orientation (a lossless re-ordering/flip of the voxel
-    axes, no interpolation) so that the last axis is inferior-superior and anterior is shown up.
-    """
-    from spinseg.io.figures import save_overlay_montage
-
-    affine = np.asarray(image.affine, dtype=float)
-    shape3 = tuple(int(n) for n in image.shape[:3])
-    scan = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape3), affine))
-    mask = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(mask_image.dataobj, dtype=np.uint8).reshape(shape3), affine))
-    return save_overlay_montage(np.asarray(scan.dataobj), np.asarray(mask.dataobj), path, count=count, title=title)
-
-
-def output_paths(output_dir: Path, name: str) -> dict[str, Path]:
-    """The files written for scan ``name``: mask, probability, report, qc."""
-    return {
-        "mask": output_dir / f"{name}_lesion_mask.nii.gz",
-        "probability": output_dir / f"{name}_lesion_prob.nii.gz",
-        "report": output_dir / f"{name}_report.json",
-        "qc": output_dir / f"{name}_qc.png",
-    }
-
-
-def write_scan_outputs(
-    image: nib.Nifti1Image, mask_image, prob_image, report: dict, paths: dict[str, Path], save_probability: bool
-) -> None:
-    """Writes a scan's files all-or-nothing: every file goes to a temporary first; the renames happen
-    only once all are complete (the report last, as the mark of a finished scan)."""
-    import json
-
-    with contextlib.ExitStack() as stack:
-        # ExitStack renames in reverse order of entry: entering the report first renames it last.
-        temporaries = {key: stack.enter_context(atomic_path(paths[key], suffix=suffix))
-                       for key, suffix in (("report", ".json"), ("mask", ".nii.gz"), ("probability", ".nii.gz"), ("qc", ".png"))
-                       if save_probability or key != "probability"}
-        nib.save(mask_image, temporaries["mask"])
-        if save_probability:
-            nib.save(prob_image, temporaries["probability"])
-        title = f"{report.get('name', '')}: {report['lesion_volume_ml']:.2f} ml, {report['n_lesions']} lesion(s)"
-        save_qc_montage(image, mask_image, temporaries["qc"], title=title)
-        temporaries["report"].write_text(json.dumps(report, indent=2) + "\n")
-        for temporary in temporaries.values():
-            make_readable(temporary)
-
-
 def make_readable(path: Path) -> None:
     """Gives a temporary file the permissions a normally created file gets (mkstemp makes it owner-only)."""
     umask = os.umask(0)
@@ -420,67 +327,8 @@ def load_predict_model(checkpoint: str, flags: PreprocessingFlags):
     return model, preprocessing
 
 
-def run_predict(
-    model,
-    inputs: list[Path],
-    output_dir: Path,
-    options: InferenceOptions,
-    threshold: float = 0.5,
-    save_probability: bool = False,
-    report_extra: dict | None = None,
-    overwrite: bool = False,
-) -> list[str]:
-    """Segments every input scan into ``output_dir``; returns the one-line errors of scans that failed.
-
-    ``model`` runs as :func:`predict_scan` says; prepare it once (:func:`spinseg.inference.predictor.prepare_for_inference`).
-
-    Before any work (:func:`check_predict_outputs`): no output may be one of the inputs, an existing
-    output is refused unless ``overwrite``, and the folder must be writable with room.
-
-    A failing scan (unreadable, 4-D, NaN, empty...) prints its error line, writes nothing and
-    does not stop the others.
-    """
-    check_predict_outputs(inputs, output_dir, save_probability, overwrite)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    errors = []
-    # No bar when stderr is not a terminal, so logs hold only the error lines.
-    for path in progress_bar(inputs, desc="predict", unit="scan"):
-        name = scan_name(path)
-        try:
-            image = load_scan(path)
-            mask_image, prob_image, report = predict_scan(model, image, options, threshold, name=path, warn=warn)
-            paths = output_paths(output_dir, name)
-            report = {
-                "name": name,
-                "input": str(path),
-                **(report_extra or {}),
-                **report,
-                "normalization": {"kind": options.normalization.kind, "means": list(options.normalization.means),
-                                  "stddevs": list(options.normalization.stddevs)},
-                "qc_grid": "input grid, reoriented to closest RAS for display",
-                "outputs": {key: str(value) for key, value in paths.items() if save_probability or key != "probability"},
-            }
-            write_scan_outputs(image, mask_image, prob_image, report, paths, save_probability)
-        except UserInputError as error:
-            print(f"error: {error}", file=sys.stderr, flush=True)
-            errors.append(str(error))
-            continue
-        print(f"{name}: {report['lesion_volume_ml']:.3f} ml in {report['n_lesions']} lesion(s) -> {paths['mask']}", flush=True)
-    return errors
-
-
 # ---------------------------------------------------------------------------------------------
 # predict never clobbers a file it did not create in this run, nor any of its inputs.
-
-
-def check_predict_outputs(inputs: list[Path], output_dir: Path, save_probability: bool, overwrite: bool) -> None:
-    """:func:`check_planned_outputs` for the outputs :func:`run_predict` writes per input scan."""
-    planned = []
-    for path in inputs:
-        paths = output_paths(output_dir, scan_name(path))
-        planned += [target for key, target in paths.items() if save_probability or key != "probability"]
-    bytes_needed = sum(estimated_output_bytes(path, save_probability) for path in inputs)
-    check_planned_outputs(inputs, planned, output_dir, overwrite, bytes_needed)
 
 
 def check_planned_outputs(inputs: list[Path], planned: list[Path], output_dir: Path, overwrite: bool, bytes_needed: int) -> None:

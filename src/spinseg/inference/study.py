@@ -121,6 +121,16 @@ def collect_jobs(inputs: list[str], output_dir: Path, pattern: str = DEFAULT_PAT
 
 def job_paths(job: ScanJob, settings: PredictSettings) -> dict[str, Path]:
     """The files written for a job (only those the settings ask for)."""
+    wanted = {"mask", "report", "qc", "lesions"}
+    wanted |= {"probability"} if settings.save_probability else set()
+    wanted |= {"transform"} if settings.register else set()
+    wanted |= {"mni_mask", "mni_probability"} if settings.register and settings.save_mni else set()
+    return {key: path for key, path in output_names(job).items() if key in wanted}
+
+
+def output_names(job: ScanJob) -> dict[str, Path]:
+    """Every file a job may write, by kind (mask, probability, report, qc, lesions, transform, mni_mask,
+    mni_probability): BIDS-derivatives names for BIDS input, ``<name>_...`` otherwise."""
     folder, base = job.output_dir, job.base
     if job.bids:
         names = {"mask": f"{base}_label-lesion_mask.nii.gz", "probability": f"{base}_label-lesion_probseg.nii.gz",
@@ -134,11 +144,7 @@ def job_paths(job: ScanJob, settings: PredictSettings) -> dict[str, Path]:
                  "report": f"{base}_report.json", "qc": f"{base}_qc.png", "lesions": f"{base}_lesions.csv",
                  "transform": f"{base}_to_mni.tfm", "mni_mask": f"{base}_mni_lesion_mask.nii.gz",
                  "mni_probability": f"{base}_mni_lesion_prob.nii.gz"}
-    wanted = {"mask", "report", "qc", "lesions"}
-    wanted |= {"probability"} if settings.save_probability else set()
-    wanted |= {"transform"} if settings.register else set()
-    wanted |= {"mni_mask", "mni_probability"} if settings.register and settings.save_mni else set()
-    return {key: folder / names[key] for key in names if key in wanted}
+    return {key: folder / name for key, name in names.items()}
 
 
 def write_outputs(image: nib.Nifti1Image, prediction: NativePrediction, paths: dict[str, Path], title: str, qc_lesions: int) -> None:
