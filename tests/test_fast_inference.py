@@ -175,8 +175,15 @@ def test_twice_upsampled_convolution_equals_upsampling_then_convolution(activati
             torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
             # Borders included: the zero padding of the upsampled map is the zero padding of the input.
             assert (actual[..., 0, :] - expected[..., 0, :]).abs().max() < 1e-5
-        # Any other size runs the block itself: an odd target is upsampling by less than 2.
-        assert torch.equal(replaced(x, (17, 23)), block(x, (17, 23)))
+        # Sizes one short of twice the input (odd decoder sizes): the last row and column come from the
+        # block itself on the input's last two rows and columns, the rest from the phases.
+        for size in ((17, 24), (18, 23), (17, 23)):
+            torch.testing.assert_close(replaced(x, size), block(x, size), atol=1e-5, rtol=1e-5)
+        tiny = torch.randn(1, 6, 2, 2)
+        torch.testing.assert_close(replaced(tiny, (3, 3)), block(tiny, (3, 3)), atol=1e-5, rtol=1e-5)
+        # Any other size runs the block itself.
+        assert torch.equal(replaced(x, (16, 23)), block(x, (16, 23)))
+        assert torch.equal(replaced(x[..., :1, :], (1, 23)), block(x[..., :1, :], (1, 23)))
     y = replaced(x.requires_grad_(), (18, 24))  # with gradients: the block itself, which autograd knows
     y.sum().backward()
     assert x.grad is not None
@@ -192,8 +199,11 @@ def test_decoder_block_writes_upsampled_map_and_skip_into_one_tensor_with_the_sa
     with torch.inference_mode():
         skip = torch.randn(2, 3, 18, 24)
         torch.testing.assert_close(replaced(x, skip), block(x, skip), atol=1e-5, rtol=1e-5)
-        odd_skip = torch.randn(2, 3, 17, 24)  # not twice the input: the block itself
-        assert torch.equal(replaced(x, odd_skip), block(x, odd_skip))
+        for odd in ((17, 24), (18, 23), (17, 23)):  # one short of twice the input: the decoders' odd sizes
+            odd_skip = torch.randn(2, 3, *odd)
+            torch.testing.assert_close(replaced(x, odd_skip), block(x, odd_skip), atol=1e-5, rtol=1e-5)
+        other_skip = torch.randn(2, 3, 16, 24)  # anything else: the block itself
+        assert torch.equal(replaced(x, other_skip), block(x, other_skip))
 
 
 def test_preparing_a_model_leaves_the_global_random_state_alone():

@@ -292,9 +292,9 @@ class TwiceUpsampledConvolution(nn.Module):
     per input pixel and output channel, and no upsampled copy (SPiN's last decoder block: 41 ->
     32 ms a batch of 8 on a 2-core CPU, interleaving included). The same sums, in another order: equal within float rounding.
 
-    Replaces an :class:`UpsampleConvBlock` whose convolution has no batch norm left (folded); for
-    any size other than exactly twice the input, with gradients, on a GPU or under autocast it runs
-    that block as it is.
+    Replaces an :class:`UpsampleConvBlock` whose convolution has no batch norm left (folded). Sizes
+    one short of twice the input (the decoders' odd sizes) are computed too (:meth:`upsampled_with`);
+    for any other size, with gradients, on a GPU or under autocast it runs that block as it is.
     """
 
     def __init__(self, block: UpsampleConvBlock):
@@ -324,38 +324,54 @@ class TwiceUpsampledConvolution(nn.Module):
         )
 
     def applies(self, x: torch.Tensor, size) -> bool:
-        """Whether the phase convolution computes this call (else the block itself runs)."""
+        """Whether the phase convolution computes this call (else the block itself runs): a CPU float32
+        input without gradients or autocast, at least 2 x 2, upsampled to twice its size or one less
+        (the decoder's odd sizes: nearest upsampling from h to 2h - 1 rows repeats rows exactly as to 2h,
+        minus the last)."""
+        height, width = x.shape[-2:]
         return (
-            tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1]) and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and self.phase_weight.dtype == torch.float32
+            2 * height - 1 <= size[0] <= 2 * height and 2 * width - 1 <= size[1] <= 2 * width and min(height, width) >= 2
+            and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and self.phase_weight.dtype == torch.float32
         )
 
     def forward(self, x: torch.Tensor, size) -> torch.Tensor:
         if not self.applies(x, size):
             return self.block(x, size)
-        return self.upsampled_with(x)
+        return self.upsampled_with(x, size)
 
-    def upsampled_with(self, x: torch.Tensor, appended: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, H, W) -> (B, O [+ A], 2H, 2W): the block's output, followed along channels by ``appended``
-        (B, A, 2H, 2W) when given, written into one channels-last tensor (so no concatenation copies it again)."""
+    def upsampled_with(self, x: torch.Tensor, size, appended: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, h, w) -> (B, O [+ A], H, W) for (H, W) = ``size`` (2h or 2h - 1, 2w or 2w - 1): the block's
+        output, followed along channels by ``appended`` (B, A, H, W) when given, written into one
+        channels-last tensor (so no concatenation copies it again).
+
+        Output pixel (2y + i, 2x + j) of phase (i, j) is read from the phase convolution; only an odd
+        size's last row (column) differs, because its 3x3 window reaches the zero padding where the 2x
+        map would still hold the input's last row: it is computed by the block itself on the input's
+        last two rows (columns), which upsample to the last three output rows (columns).
+        """
         batch, _, height, width = x.shape
-        # (B, 4*O, H + 1, W + 1): phase (i, j) of output pixel (2y + i, 2x + j) sits at (y + i, x + j).
+        out_height, out_width = int(size[0]), int(size[1])
+        # (B, 4*O, h + 1, w + 1): phase (i, j) of output pixel (2y + i, 2x + j) sits at (y + i, x + j).
         phases = torch.ops.mkldnn._convolution_pointwise(
             x, self.phase_weight, self.phase_bias, [1, 1], [1, 1], [1, 1], 1, self.post_op, self.post_op_scalars, "",
         ).permute(0, 2, 3, 1)
         out_channels = self.phase_bias.shape[0] // 4
         extra = 0 if appended is None else appended.shape[1]
-        output = torch.empty((batch, out_channels + extra, 2 * height, 2 * width), dtype=x.dtype, memory_format=torch.channels_last)
-        pixels = output.permute(0, 2, 3, 1)  # (B, 2H, 2W, O + A), a view
-        interleaved = pixels[..., :out_channels].view(batch, height, 2, width, 2, out_channels) if not extra else None
+        output = torch.empty((batch, out_channels + extra, out_height, out_width), dtype=x.dtype, memory_format=torch.channels_last)
+        pixels = output.permute(0, 2, 3, 1)  # (B, H, W, O + A), a view
         for i in (0, 1):
+            rows = (out_height - i + 1) // 2  # output rows i, i + 2, ... below H
             for j in (0, 1):
+                columns = (out_width - j + 1) // 2
                 group = (2 * i + j) * out_channels
-                phase = phases[:, i : i + height, j : j + width, group : group + out_channels]
-                if interleaved is not None:
-                    interleaved[:, :, i, :, j, :] = phase
-                else:
-                    pixels[:, i::2, j::2, :out_channels] = phase
+                pixels[:, i::2, j::2, :out_channels] = phases[:, i : i + rows, j : j + columns, group : group + out_channels]
+        if out_height == 2 * height - 1:
+            last_rows = self.block(x[:, :, height - 2 :, :], (3, out_width))  # output rows H - 3 .. H - 1
+            pixels[:, -1, :, :out_channels] = last_rows[:, :, 2, :].permute(0, 2, 1)
+        if out_width == 2 * width - 1:
+            last_columns = self.block(x[:, :, :, width - 2 :], (out_height, 3))  # output columns W - 3 .. W - 1
+            pixels[:, :, -1, :out_channels] = last_columns[:, :, :, 2].permute(0, 2, 1)
         if extra:
             pixels[..., out_channels:] = appended.permute(0, 2, 3, 1)
         return output
@@ -376,7 +392,7 @@ class TwiceUpsampledDecoderBlock(nn.Module):
         target = skip.shape[-2:] if skip is not None else size
         if skip is None or not upsampling.applies(x, target) or skip.dtype != x.dtype:
             return self.block(x, skip, size)
-        return self.block.conv(upsampling.upsampled_with(x, skip))
+        return self.block.conv(upsampling.upsampled_with(x, target, skip))
 
 
 def fuse_upsampling_convolutions(model: nn.Module) -> nn.Module:
