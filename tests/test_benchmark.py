@@ -192,6 +192,9 @@ def test_end_to_end_phase_times_predict_against_the_release_loop(tmp_path):
     assert record["check"]["passed"], record["agreement_plain_vs_release_loop"]
     assert record["speedup_plain_vs_release_loop"] == pytest.approx(
         record["seconds"]["release_loop"]["best"] / record["seconds"]["plain"]["best"])
+    assert record["speedup_per_repeat"] == pytest.approx(
+        [loop / ours for loop, ours in zip(record["seconds"]["release_loop"]["all"], record["seconds"]["plain"]["all"])])
+    assert record["speedup_median_of_repeats"] == pytest.approx(record["speedup_per_repeat"][0])
     assert "predict end to end" in completed.stdout and "speed-up" in completed.stdout
 
 
