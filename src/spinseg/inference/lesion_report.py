@@ -54,7 +54,7 @@ def lesion_table(
     mni_mm = scan_to_mni(scan_mm) if scan_to_mni is not None else scan_mm
     means = components.means(probabilities)
     maxima = components.maxima(probabilities)
-    agreement = components.means(both_passes.astype(np.float32)[components.indices]) if both_passes is not None else None
+    agreement = components.means(both_passes[components.indices].astype(np.float32)) if both_passes is not None else None
     rows = []
     for rank, position in enumerate(np.argsort(-voxels, kind="stable"), start=1):
         row = {"lesion_id": rank, "voxels": int(voxels[position]),
