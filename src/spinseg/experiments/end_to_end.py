@@ -161,7 +161,7 @@ def format_end_to_end(record: dict) -> list[str]:
         f"  no registration, MNI scan {tuple(record['mni_shape'])}: {best['plain']:.1f} s ({median['plain']:.1f}); "
         f"the release's slice loop on the same scan: {best['release_loop']:.1f} s ({median['release_loop']:.1f}); "
         f"speed-up {record['speedup_plain_vs_release_loop']:.2f}x (per repeat: "
-        f"{', '.join(f'{ratio:.2f}x' for ratio in record.get('speedup_per_repeat', []))}; "
-        f"median {record.get('speedup_median_of_repeats', float('nan')):.2f}x)",
+        f"{', '.join(f'{ratio:.2f}x' for ratio in record['speedup_per_repeat'])}; "
+        f"median {record['speedup_median_of_repeats']:.2f}x)",
         f"  masks, ours vs the release loop: {agreement['voxels_differing']} voxels differ, Dice {agreement['dice']:.4f}",
     ]
